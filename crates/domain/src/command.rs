@@ -1,0 +1,158 @@
+//! Commands: what callers ask the ledger to do, already parsed but not yet validated
+//! against the rules. Validation of ranges and formats happens in `decide`, so a rejection
+//! names what was wrong and nothing is written.
+
+use crate::catalog::Tier;
+use crate::credits::Credits;
+use crate::events::{Billing, Via};
+use crate::time::{DurationS, Instant};
+
+/// A request to change an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    OpenAccount,
+    ChangeSubscription(ChangeSubscription),
+    RenewAllowance(RenewAllowance),
+    PurchaseTopUp(PurchaseTopUp),
+    SubmitBusinessVerification(SubmitBusinessVerification),
+    ApproveBusinessVerification,
+    RejectBusinessVerification {
+        reason: String,
+    },
+    AddGrant(AddGrant),
+    Charge(Charge),
+    RefundCharge {
+        charge_id: String,
+        reason: String,
+    },
+    PlaceHold(PlaceHold),
+    CaptureHold(CaptureHold),
+    ReleaseHold {
+        hold_id: String,
+    },
+    /// Housekeeping due at the command's time: expiries, hold timeouts, window closes and
+    /// anniversary refreshes. Sent by the scheduler; every other command does it too.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSubscription {
+    pub tier: Tier,
+    pub billing: Option<Billing>,
+    pub period_start: Instant,
+    pub period_end: Instant,
+    pub reference: String,
+    /// Enterprise only: a custom monthly allowance; none means unlimited.
+    pub allowance: Option<Credits>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewAllowance {
+    pub invoice_id: String,
+    pub period_start: Instant,
+    pub period_end: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseTopUp {
+    pub purchase_id: String,
+    pub credits: u64,
+    pub expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitBusinessVerification {
+    pub company_name: String,
+    pub country: String,
+    pub registration_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddGrant {
+    pub grant_id: String,
+    pub credits: u64,
+    pub reason: String,
+    pub expires_at: Option<Instant>,
+}
+
+/// What a run of a model asks for: images, seconds, or neither for per-call models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quantity {
+    pub images: Option<u32>,
+    pub seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub charge_id: String,
+    pub run_id: String,
+    pub node_id: String,
+    pub model: String,
+    pub quantity: Quantity,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceHold {
+    pub hold_id: String,
+    pub run_id: String,
+    pub node_id: String,
+    pub model: String,
+    pub quantity: Quantity,
+    pub via: Via,
+    /// Default 15 minutes, at most 24 hours.
+    pub ttl: Option<DurationS>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureHold {
+    pub hold_id: String,
+    /// The actual quantity; none captures the held quantity.
+    pub quantity: Quantity,
+}
+
+impl Command {
+    /// The stable name of the command, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::OpenAccount => "open_account",
+            Command::ChangeSubscription(_) => "change_subscription",
+            Command::RenewAllowance(_) => "renew_allowance",
+            Command::PurchaseTopUp(_) => "purchase_top_up",
+            Command::SubmitBusinessVerification(_) => "submit_business_verification",
+            Command::ApproveBusinessVerification => "approve_business_verification",
+            Command::RejectBusinessVerification { .. } => "reject_business_verification",
+            Command::AddGrant(_) => "add_grant",
+            Command::Charge(_) => "charge",
+            Command::RefundCharge { .. } => "refund_charge",
+            Command::PlaceHold(_) => "place_hold",
+            Command::CaptureHold(_) => "capture_hold",
+            Command::ReleaseHold { .. } => "release_hold",
+            Command::Tick => "tick",
+        }
+    }
+}
+
+impl Command {
+    /// The id stored in the envelope and hashed into event ids: the caller's id where the
+    /// command has one, so that a retried command maps to the same event ids.
+    pub fn command_id(&self, now: Instant) -> String {
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        match self {
+            Command::OpenAccount => "open".into(),
+            Command::ChangeSubscription(c) => format!("subscription:{}", c.reference),
+            Command::RenewAllowance(c) => format!("renewal:{}", c.invoice_id),
+            Command::PurchaseTopUp(c) => format!("top-up:{}", c.purchase_id),
+            Command::SubmitBusinessVerification(_) => format!("verification-submitted:{at}"),
+            Command::ApproveBusinessVerification => format!("verification-approved:{at}"),
+            Command::RejectBusinessVerification { .. } => format!("verification-rejected:{at}"),
+            Command::AddGrant(c) => format!("grant:{}", c.grant_id),
+            Command::Charge(c) => format!("charge:{}", c.charge_id),
+            Command::RefundCharge { charge_id, .. } => format!("refund:{charge_id}"),
+            Command::PlaceHold(c) => format!("hold:{}", c.hold_id),
+            Command::CaptureHold(c) => format!("capture:{}", c.hold_id),
+            Command::ReleaseHold { hold_id } => format!("release:{hold_id}"),
+            Command::Tick => format!("tick:{at}"),
+        }
+    }
+}

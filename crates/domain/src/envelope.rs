@@ -1,0 +1,283 @@
+//! The envelope every stored event travels in (SPEC section 10), its deterministic id, and
+//! the per-account hash chain finance verifies offline.
+
+use chrono::SecondsFormat;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::events::{DecodeError, Event};
+use crate::time::Instant;
+use crate::upcast::decode_event;
+
+/// The hash that precedes the first event of a stream.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Namespace for deterministic event ids (UUID v5).
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b6e_6f75_6473_2d6c_6564_6765_722d_6576);
+
+/// The stream that holds one account's events.
+pub fn stream_name(account_id: &str) -> String {
+    format!("account-{account_id}")
+}
+
+/// The account id of a stream name, if it is an account stream.
+pub fn account_of_stream(stream: &str) -> Option<&str> {
+    stream.strip_prefix("account-")
+}
+
+/// The id of the `index`-th event a command wrote to a stream. The same command retried
+/// yields the same ids, so the store can recognise the retry.
+pub fn event_id(stream: &str, command_id: &str, index: usize) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("{stream}\n{command_id}\n{index}").as_bytes(),
+    )
+}
+
+/// Who issued the command that caused an event, plus the command's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub command_id: String,
+    pub actor: String,
+}
+
+/// An event with its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    /// Global position; known only once the store has committed the event.
+    pub position: Option<u64>,
+    pub schema_version: u32,
+    pub occurred_at: Instant,
+    pub recorded_at: Instant,
+    pub command_id: String,
+    pub actor: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub event: Event,
+}
+
+fn instant_text(at: &Instant) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The chain hash: SHA-256 over the previous hash and every field but the position (which
+/// the store assigns later) and the hash itself, with `data` exactly as stored. Fields are
+/// separated by newlines, which none of them can contain unescaped.
+#[allow(clippy::too_many_arguments)]
+pub fn chain_hash(
+    prev_hash: &str,
+    event_id: &Uuid,
+    stream: &str,
+    version: u64,
+    type_name: &str,
+    schema_version: u32,
+    occurred_at: &str,
+    recorded_at: &str,
+    command_id: &str,
+    actor: &str,
+    data: &str,
+) -> String {
+    let mut hasher = Sha256::new();
+    for field in [
+        prev_hash,
+        &event_id.to_string(),
+        stream,
+        &version.to_string(),
+        type_name,
+        &schema_version.to_string(),
+        occurred_at,
+        recorded_at,
+        command_id,
+        actor,
+        data,
+    ] {
+        hasher.update(field.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    event_id: &'a Uuid,
+    stream: &'a str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    #[serde(rename = "type")]
+    type_name: &'a str,
+    schema_version: u32,
+    occurred_at: &'a str,
+    recorded_at: &'a str,
+    command_id: &'a str,
+    actor: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+    data: &'a RawValue,
+}
+
+/// A stored envelope read without decoding its data: what audit and the events endpoint
+/// hand out, byte-faithful so that the hash chain can be checked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvelope {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub schema_version: u32,
+    pub occurred_at: String,
+    pub recorded_at: String,
+    pub command_id: String,
+    pub actor: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub data: Box<RawValue>,
+}
+
+impl RawEnvelope {
+    /// Parses a stored payload.
+    pub fn parse(payload: &[u8]) -> Result<RawEnvelope, DecodeError> {
+        serde_json::from_slice(payload).map_err(|err| DecodeError::Envelope(err.to_string()))
+    }
+
+    /// Recomputes the chain hash from the stored fields.
+    pub fn computed_hash(&self) -> String {
+        chain_hash(
+            &self.prev_hash,
+            &self.event_id,
+            &self.stream,
+            self.version,
+            &self.type_name,
+            self.schema_version,
+            &self.occurred_at,
+            &self.recorded_at,
+            &self.command_id,
+            &self.actor,
+            self.data.get(),
+        )
+    }
+
+    /// Decodes the envelope fully, upcasting old data versions.
+    pub fn decode(&self) -> Result<Envelope, DecodeError> {
+        let parse_instant = |text: &str| -> Result<Instant, DecodeError> {
+            text.parse()
+                .map_err(|err| DecodeError::Envelope(format!("bad instant {text:?}: {err}")))
+        };
+        Ok(Envelope {
+            event_id: self.event_id,
+            stream: self.stream.clone(),
+            version: self.version,
+            position: self.position,
+            // The decoded event is at the current version, whatever was stored.
+            schema_version: Event::current_schema_version(&self.type_name)
+                .unwrap_or(self.schema_version),
+            occurred_at: parse_instant(&self.occurred_at)?,
+            recorded_at: parse_instant(&self.recorded_at)?,
+            command_id: self.command_id.clone(),
+            actor: self.actor.clone(),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+            event: decode_event(&self.type_name, self.schema_version, self.data.get())?,
+        })
+    }
+}
+
+/// Decodes a stored payload straight to its event, upcasting old versions. The fast path of
+/// replay: it borrows the data instead of copying it.
+pub fn decode_payload_event(payload: &[u8]) -> Result<(u64, Event), DecodeError> {
+    #[derive(Deserialize)]
+    struct Slim<'a> {
+        version: u64,
+        #[serde(rename = "type", borrow)]
+        type_name: &'a str,
+        schema_version: u32,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let slim: Slim<'_> =
+        serde_json::from_slice(payload).map_err(|err| DecodeError::Envelope(err.to_string()))?;
+    Ok((
+        slim.version,
+        decode_event(slim.type_name, slim.schema_version, slim.data.get())?,
+    ))
+}
+
+/// Seals `events` into envelopes that continue the chain after `prev_hash` and `version`.
+/// Returns the envelopes and their stored payloads.
+pub fn seal(
+    stream: &str,
+    mut version: u64,
+    prev_hash: &str,
+    cause: &Cause,
+    occurred_at: Instant,
+    recorded_at: Instant,
+    events: Vec<Event>,
+) -> Vec<(Envelope, Vec<u8>)> {
+    let occurred_text = instant_text(&occurred_at);
+    let recorded_text = instant_text(&recorded_at);
+    let mut prev = prev_hash.to_string();
+    let mut sealed = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        version += 1;
+        let event_id = event_id(stream, &cause.command_id, index);
+        let mut data = Vec::with_capacity(256);
+        event.write_data(&mut data);
+        // Serialised JSON is UTF-8 and a single valid value by construction.
+        let data_text = String::from_utf8(data).expect("serde_json writes UTF-8");
+        let raw = RawValue::from_string(data_text).expect("serde_json writes valid JSON");
+        let hash = chain_hash(
+            &prev,
+            &event_id,
+            stream,
+            version,
+            event.type_name(),
+            event.schema_version(),
+            &occurred_text,
+            &recorded_text,
+            &cause.command_id,
+            &cause.actor,
+            raw.get(),
+        );
+        let payload = serde_json::to_vec(&EnvelopeOut {
+            event_id: &event_id,
+            stream,
+            version,
+            position: None,
+            type_name: event.type_name(),
+            schema_version: event.schema_version(),
+            occurred_at: &occurred_text,
+            recorded_at: &recorded_text,
+            command_id: &cause.command_id,
+            actor: &cause.actor,
+            prev_hash: &prev,
+            hash: &hash,
+            data: &raw,
+        })
+        .expect("envelope serialises");
+        let envelope = Envelope {
+            event_id,
+            stream: stream.to_string(),
+            version,
+            position: None,
+            schema_version: event.schema_version(),
+            occurred_at,
+            recorded_at,
+            command_id: cause.command_id.clone(),
+            actor: cause.actor.clone(),
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            event,
+        };
+        sealed.push((envelope, payload));
+    }
+    sealed
+}

@@ -1,0 +1,762 @@
+//! The account state and `evolve`: folding events into state. No decisions here: `evolve`
+//! trusts the events, which `decide` produced after checking every rule.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::SecondsFormat;
+
+use crate::catalog::{PriceUnit, Scope, Tier};
+use crate::credits::Credits;
+use crate::events::*;
+use crate::time::Instant;
+
+/// The allowance bucket of the current period.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AllowanceBucket {
+    /// The bucket's id in parts: the period start, RFC 3339.
+    pub id: String,
+    pub period_start: Instant,
+    pub period_end: Instant,
+    pub amount: Credits,
+    pub remaining: Credits,
+    /// The stream version of the event that set this bucket. A period may start at the same
+    /// instant as the one it replaces, so the id alone cannot tell a reset bucket apart.
+    pub since_version: u64,
+}
+
+/// A top-up lot or a grant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lot {
+    pub id: String,
+    pub credits: Credits,
+    pub remaining: Credits,
+    /// `None`: never expires (grants only).
+    pub expires_at: Option<Instant>,
+}
+
+impl Lot {
+    pub fn is_live(&self, at: Instant) -> bool {
+        self.expires_at.is_none_or(|expires_at| at < expires_at)
+    }
+}
+
+/// A hold: credits earmarked for a run that has not finished yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hold {
+    pub placed: HoldPlaced,
+    /// The stream version of `hold_placed`.
+    pub version: u64,
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldResolution {
+    Captured(HoldCaptured),
+    Released(HoldReleased),
+    Expired(HoldExpired),
+}
+
+impl HoldResolution {
+    pub fn status(&self) -> &'static str {
+        match self {
+            HoldResolution::Captured(_) => "captured",
+            HoldResolution::Released(_) => "released",
+            HoldResolution::Expired(_) => "expired",
+        }
+    }
+}
+
+/// One model's trial on this account. Lifetime: kept across tier changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Trial {
+    pub kind: TrialKind,
+    /// Count trials: how many runs are free, as granted.
+    pub limit: u32,
+    pub used: u32,
+    /// Time trials: the window length, as granted.
+    pub window_s: u64,
+    pub opened_at: Option<Instant>,
+    pub closes_at: Option<Instant>,
+    /// The scheduler recorded the window's close.
+    pub closed: bool,
+}
+
+/// Trial status as the summary shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialStatus {
+    Unused,
+    Active,
+    Exhausted,
+    Expired,
+}
+
+impl TrialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialStatus::Unused => "unused",
+            TrialStatus::Active => "active",
+            TrialStatus::Exhausted => "exhausted",
+            TrialStatus::Expired => "expired",
+        }
+    }
+}
+
+impl Trial {
+    pub fn status(&self, at: Instant) -> TrialStatus {
+        match self.kind {
+            TrialKind::Runs if self.used >= self.limit => TrialStatus::Exhausted,
+            TrialKind::Runs if self.used == 0 => TrialStatus::Unused,
+            TrialKind::Runs => TrialStatus::Active,
+            TrialKind::Window => match self.closes_at {
+                None => TrialStatus::Unused,
+                Some(closes_at) if at < closes_at && !self.closed => TrialStatus::Active,
+                Some(_) => TrialStatus::Expired,
+            },
+        }
+    }
+}
+
+/// Business verification, as far as it got.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    #[default]
+    None,
+    Pending(BusinessVerificationSubmitted),
+    Approved(BusinessVerificationSubmitted),
+    Rejected(BusinessVerificationSubmitted, String),
+}
+
+impl Verification {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Verification::None => "none",
+            Verification::Pending(_) => "pending",
+            Verification::Approved(_) => "approved",
+            Verification::Rejected(..) => "rejected",
+        }
+    }
+}
+
+/// Running totals: `granted - charged + refunded - forfeited` always equals the credits in
+/// the buckets plus the credits held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Totals {
+    pub granted: Credits,
+    pub charged: Credits,
+    pub refunded: Credits,
+    pub forfeited: Credits,
+    /// Cost recorded by unlimited charges; never drawn from a bucket.
+    pub charged_unlimited: Credits,
+}
+
+/// The plan an account is on: tier, billing, scope and business verification. The tier
+/// view holds exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanState {
+    pub opened_at: Instant,
+    pub tier: Tier,
+    pub billing: Option<Billing>,
+    pub scope: Scope,
+    /// Enterprise without an allowance: every charge succeeds.
+    pub unlimited: bool,
+    /// What each refresh gives (annual bonus included); `None` when unlimited.
+    pub plan_allowance: Option<Credits>,
+    /// The billing period the subscription is in.
+    pub subscription_start: Instant,
+    pub subscription_end: Instant,
+    /// Free and annual accounts refresh on this instant's monthly anniversaries.
+    pub anchor_at: Instant,
+    pub verification: Verification,
+}
+
+/// Where an account's credits sit: the allowance, top-up lots, grants and open holds, with
+/// running totals. The balance view holds exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Balance {
+    pub allowance: Option<AllowanceBucket>,
+    /// Lots not yet recorded as expired, oldest first.
+    pub top_ups: Vec<Lot>,
+    pub grants: Vec<Lot>,
+    pub open_holds: BTreeMap<String, Hold>,
+    pub totals: Totals,
+}
+
+/// The account's trials, by model. The trial-usage view holds exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Trials {
+    pub models: BTreeMap<String, Trial>,
+}
+
+/// The small, frequently copied part of an account: what the three views hold together.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Core {
+    pub plan: PlanState,
+    pub balance: Balance,
+    pub trials: Trials,
+}
+
+/// A map keyed by caller-chosen ids. foldhash is several times faster than SipHash on short
+/// keys and still seeds each map at random, so callers cannot aim collisions at it.
+pub type IdMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
+
+/// What the ledger remembers forever so that retries, however late, get their first answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Records {
+    /// Boxed: a hot account holds millions, and growing the map moves every entry.
+    pub charges: IdMap<Box<ChargeRecord>>,
+    pub closed_holds: IdMap<Box<(Hold, HoldResolution)>>,
+    pub purchases: IdMap<TopUpPurchased>,
+    pub grants: IdMap<GrantAdded>,
+    pub invoices: IdMap<AllowanceRenewed>,
+    pub references: IdMap<TierChanged>,
+}
+
+/// A charge and, once refunded, its refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRecord {
+    pub charge: CreditsCharged,
+    /// The stream version of `credits_charged`.
+    pub version: u64,
+    pub refund: Option<Box<ChargeRefunded>>,
+}
+
+/// One account, folded from its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub account_id: String,
+    /// Events applied so far: the stream version.
+    pub version: u64,
+    /// `None` until `account_opened`.
+    pub core: Option<Core>,
+    pub records: Records,
+}
+
+/// The id a part uses for an allowance bucket.
+pub fn allowance_id(period_start: Instant) -> String {
+    period_start.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The `images`/`seconds` pair a request must have carried for a recorded price unit.
+pub fn request_quantity(unit: PriceUnit, quantity: u32) -> (Option<u32>, Option<u32>) {
+    match unit {
+        PriceUnit::PerImage => (Some(quantity), None),
+        PriceUnit::PerSecond => (None, Some(quantity)),
+        PriceUnit::PerCall => (None, None),
+    }
+}
+
+fn sum_parts(parts: &[Part]) -> Credits {
+    parts
+        .iter()
+        .filter(|part| part.bucket != BucketKind::Unlimited)
+        .map(|part| part.amount)
+        .sum()
+}
+
+fn add(total: &mut Credits, amount: Credits) {
+    // Totals only grow by amounts already bounded on entry; saturate rather than wrap.
+    *total = total.checked_add(amount).unwrap_or(Credits::new(u64::MAX));
+}
+
+impl PlanState {
+    /// The plan of a newly opened account.
+    pub fn opened(data: &AccountOpened) -> PlanState {
+        PlanState {
+            opened_at: data.period_start,
+            tier: data.tier,
+            billing: None,
+            scope: data.scope,
+            unlimited: false,
+            plan_allowance: Some(data.allowance),
+            subscription_start: data.period_start,
+            subscription_end: data.period_end,
+            anchor_at: data.period_start,
+            verification: Verification::None,
+        }
+    }
+
+    /// Folds one event into the plan.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::AccountOpened(data) => *self = PlanState::opened(data),
+            Event::TierChanged(data) => {
+                self.tier = data.to;
+                self.billing = data.billing;
+                self.scope = data.scope;
+                self.subscription_start = data.period_start;
+                self.subscription_end = data.period_end;
+                self.anchor_at = data.period_start;
+                self.unlimited = data.allowance.is_none();
+                self.plan_allowance = data.allowance;
+            }
+            Event::AllowanceRenewed(data) => {
+                self.subscription_start = data.period_start;
+                self.subscription_end = data.period_end;
+                if data.source == RenewalSource::Billing {
+                    self.anchor_at = data.period_start;
+                }
+                self.unlimited = data.allowance.is_none();
+                self.plan_allowance = data.allowance;
+            }
+            Event::BusinessVerificationSubmitted(data) => {
+                self.verification = Verification::Pending(data.clone())
+            }
+            Event::BusinessVerificationApproved(_) => {
+                if let Verification::Pending(submission) = std::mem::take(&mut self.verification) {
+                    self.verification = Verification::Approved(submission);
+                }
+            }
+            Event::BusinessVerificationRejected(data) => {
+                if let Verification::Pending(submission) = std::mem::take(&mut self.verification) {
+                    self.verification = Verification::Rejected(submission, data.reason.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Balance {
+    /// The buckets of a newly opened account: its first allowance.
+    pub fn opened(data: &AccountOpened) -> Balance {
+        Balance {
+            allowance: Some(AllowanceBucket {
+                id: allowance_id(data.period_start),
+                period_start: data.period_start,
+                period_end: data.period_end,
+                amount: data.allowance,
+                remaining: data.allowance,
+                since_version: 1,
+            }),
+            top_ups: Vec::new(),
+            grants: Vec::new(),
+            open_holds: BTreeMap::new(),
+            totals: Totals {
+                granted: data.allowance,
+                ..Totals::default()
+            },
+        }
+    }
+
+    /// Credits that can pay for something at `at`: every live bucket's remainder.
+    pub fn available(&self, at: Instant) -> Credits {
+        let allowance = self
+            .allowance
+            .as_ref()
+            .filter(|bucket| at < bucket.period_end)
+            .map_or(Credits::ZERO, |bucket| bucket.remaining);
+        let lots: Credits = self
+            .top_ups
+            .iter()
+            .chain(&self.grants)
+            .filter(|lot| lot.is_live(at))
+            .map(|lot| lot.remaining)
+            .sum();
+        allowance
+            .checked_add(lots)
+            .unwrap_or(Credits::new(u64::MAX))
+    }
+
+    /// Credits earmarked by open holds.
+    pub fn held(&self) -> Credits {
+        self.open_holds
+            .values()
+            .map(|hold| sum_parts(&hold.placed.earmarked))
+            .sum()
+    }
+
+    /// Credits in every bucket, live or not yet recorded as expired, plus held credits.
+    pub fn total_in_buckets(&self) -> Credits {
+        let allowance = self
+            .allowance
+            .as_ref()
+            .map_or(Credits::ZERO, |b| b.remaining);
+        let lots: Credits = self
+            .top_ups
+            .iter()
+            .chain(&self.grants)
+            .map(|lot| lot.remaining)
+            .sum();
+        [allowance, lots, self.held()].into_iter().sum()
+    }
+
+    fn bucket_mut(&mut self, kind: BucketKind, id: &str) -> Option<&mut Credits> {
+        match kind {
+            BucketKind::Allowance => self
+                .allowance
+                .as_mut()
+                .filter(|bucket| bucket.id == id)
+                .map(|bucket| &mut bucket.remaining),
+            BucketKind::TopUp => self
+                .top_ups
+                .iter_mut()
+                .find(|lot| lot.id == id)
+                .map(|lot| &mut lot.remaining),
+            BucketKind::Grant => self
+                .grants
+                .iter_mut()
+                .find(|lot| lot.id == id)
+                .map(|lot| &mut lot.remaining),
+            BucketKind::Unlimited => None,
+        }
+    }
+
+    fn take(&mut self, parts: &[Part]) {
+        for part in parts {
+            if let Some(remaining) = self.bucket_mut(part.bucket, &part.id) {
+                // decide only draws what is there; never go below zero even if it did not.
+                *remaining = remaining.checked_sub(part.amount).unwrap_or(Credits::ZERO);
+            }
+        }
+    }
+
+    fn give_back(&mut self, parts: &[Part]) {
+        for part in parts {
+            match self.bucket_mut(part.bucket, &part.id) {
+                Some(remaining) => add(remaining, part.amount),
+                // decide classifies returns to vanished buckets as forfeited; should an event
+                // still name one, count it as forfeited so the totals keep balancing.
+                None if part.bucket != BucketKind::Unlimited => {
+                    add(&mut self.totals.forfeited, part.amount)
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn forfeit(&mut self, parts: &[Part]) {
+        add(&mut self.totals.forfeited, sum_parts(parts));
+    }
+
+    fn set_allowance(
+        &mut self,
+        start: Instant,
+        end: Instant,
+        allowance: Option<Credits>,
+        forfeited: Credits,
+        version: u64,
+    ) {
+        add(&mut self.totals.forfeited, forfeited);
+        self.allowance = allowance.map(|amount| {
+            add(&mut self.totals.granted, amount);
+            AllowanceBucket {
+                id: allowance_id(start),
+                period_start: start,
+                period_end: end,
+                amount,
+                remaining: amount,
+                since_version: version,
+            }
+        });
+    }
+
+    /// Folds one event, the stream's `version`-th, into the buckets.
+    pub fn apply(&mut self, event: &Event, version: u64) {
+        match event {
+            Event::AccountOpened(data) => *self = Balance::opened(data),
+            Event::TierChanged(data) => self.set_allowance(
+                data.period_start,
+                data.allowance_period_end,
+                data.allowance,
+                data.forfeited,
+                version,
+            ),
+            Event::AllowanceRenewed(data) => self.set_allowance(
+                data.allowance_period_start,
+                data.allowance_period_end,
+                data.allowance,
+                data.forfeited,
+                version,
+            ),
+            Event::TopUpPurchased(data) => {
+                add(&mut self.totals.granted, data.credits);
+                self.top_ups.push(Lot {
+                    id: data.purchase_id.clone(),
+                    credits: data.credits,
+                    remaining: data.credits,
+                    expires_at: Some(data.expires_at),
+                });
+            }
+            Event::TopUpExpired(data) => {
+                self.top_ups.retain(|lot| lot.id != data.purchase_id);
+                add(&mut self.totals.forfeited, data.forfeited);
+            }
+            Event::GrantAdded(data) => {
+                add(&mut self.totals.granted, data.credits);
+                self.grants.push(Lot {
+                    id: data.grant_id.clone(),
+                    credits: data.credits,
+                    remaining: data.credits,
+                    expires_at: data.expires_at,
+                });
+            }
+            Event::GrantExpired(data) => {
+                self.grants.retain(|lot| lot.id != data.grant_id);
+                add(&mut self.totals.forfeited, data.forfeited);
+            }
+            Event::CreditsCharged(data) => {
+                self.take(&data.drawn_from);
+                add(&mut self.totals.charged, sum_parts(&data.drawn_from));
+                if data.paid_by == PaidBy::Unlimited {
+                    add(&mut self.totals.charged_unlimited, data.cost);
+                }
+            }
+            Event::ChargeRefunded(data) => {
+                self.give_back(&data.returned);
+                add(&mut self.totals.refunded, sum_parts(&data.returned));
+                add(&mut self.totals.refunded, sum_parts(&data.forfeited));
+                self.forfeit(&data.forfeited);
+            }
+            Event::HoldPlaced(data) => {
+                self.take(&data.earmarked);
+                self.open_holds.insert(
+                    data.hold_id.clone(),
+                    Hold {
+                        placed: data.clone(),
+                        version,
+                    },
+                );
+            }
+            Event::HoldCaptured(data) => {
+                self.open_holds.remove(&data.hold_id);
+                add(&mut self.totals.charged, sum_parts(&data.drawn_from));
+                if data
+                    .drawn_from
+                    .iter()
+                    .any(|part| part.bucket == BucketKind::Unlimited)
+                {
+                    add(&mut self.totals.charged_unlimited, data.cost);
+                }
+                self.give_back(&data.returned);
+                self.forfeit(&data.forfeited);
+            }
+            Event::HoldReleased(HoldReleased {
+                hold_id,
+                returned,
+                forfeited,
+                ..
+            })
+            | Event::HoldExpired(HoldExpired {
+                hold_id,
+                returned,
+                forfeited,
+                ..
+            }) => {
+                self.open_holds.remove(hold_id);
+                self.give_back(returned);
+                self.forfeit(forfeited);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Trials {
+    /// Folds one event into the trials.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::AccountOpened(_) => self.models.clear(),
+            Event::TrialGranted(data) => {
+                self.models.insert(
+                    data.model.clone(),
+                    Trial {
+                        kind: data.kind,
+                        limit: data.runs.unwrap_or(0),
+                        used: 0,
+                        window_s: data.window_s.unwrap_or(0),
+                        opened_at: None,
+                        closes_at: None,
+                        closed: false,
+                    },
+                );
+            }
+            Event::TrialRunConsumed(data) => {
+                if let Some(trial) = self.models.get_mut(&data.model) {
+                    trial.used = data.used;
+                }
+            }
+            Event::TrialWindowOpened(data) => {
+                if let Some(trial) = self.models.get_mut(&data.model) {
+                    trial.opened_at = Some(data.opened_at);
+                    trial.closes_at = Some(data.closes_at);
+                }
+            }
+            Event::TrialWindowClosed(data) => {
+                if let Some(trial) = self.models.get_mut(&data.model) {
+                    trial.closed = true;
+                }
+            }
+            Event::CreditsCharged(data) => self.count_window_run(data.paid_by, &data.model),
+            Event::HoldPlaced(data) => self.count_window_run(data.paid_by, &data.model),
+            _ => {}
+        }
+    }
+
+    /// Count trials are counted by `trial_run_consumed`; window trials count their free runs
+    /// here so that the summary can show how much a window was used.
+    fn count_window_run(&mut self, paid_by: PaidBy, model: &str) {
+        if paid_by != PaidBy::Trial {
+            return;
+        }
+        if let Some(trial) = self
+            .models
+            .get_mut(model)
+            .filter(|trial| trial.kind == TrialKind::Window)
+        {
+            trial.used = trial.used.saturating_add(1);
+        }
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Trial> {
+        self.models.get(model)
+    }
+}
+
+impl Core {
+    fn opened(data: &AccountOpened) -> Core {
+        Core {
+            plan: PlanState::opened(data),
+            balance: Balance::opened(data),
+            trials: Trials::default(),
+        }
+    }
+
+    /// Credits that can pay for something at `at`.
+    pub fn available(&self, at: Instant) -> Credits {
+        self.balance.available(at)
+    }
+
+    /// Credits earmarked by open holds.
+    pub fn held(&self) -> Credits {
+        self.balance.held()
+    }
+
+    /// Credits in every bucket plus held credits.
+    pub fn total_in_buckets(&self) -> Credits {
+        self.balance.total_in_buckets()
+    }
+}
+
+impl Account {
+    /// An account that has no events yet.
+    pub fn new(account_id: impl Into<String>) -> Account {
+        Account {
+            account_id: account_id.into(),
+            version: 0,
+            core: None,
+            records: Records::default(),
+        }
+    }
+
+    /// Folds a sequence of events from scratch.
+    pub fn replay<'a>(account_id: &str, events: impl IntoIterator<Item = &'a Event>) -> Account {
+        let mut account = Account::new(account_id);
+        for event in events {
+            account.evolve(event);
+        }
+        account
+    }
+
+    /// Folds owned events from scratch, without copying them.
+    pub fn replay_owned(account_id: &str, events: impl IntoIterator<Item = Event>) -> Account {
+        let mut account = Account::new(account_id);
+        for event in events {
+            account.apply(event);
+        }
+        account
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.core.is_some()
+    }
+
+    /// Applies one event.
+    pub fn evolve(&mut self, event: &Event) {
+        self.apply(event.clone());
+    }
+
+    /// Applies one owned event: the records keep it without a copy.
+    pub fn apply(&mut self, event: Event) {
+        self.version += 1;
+        if let Event::AccountOpened(data) = &event {
+            self.core = Some(Core::opened(data));
+            return;
+        }
+        let Some(core) = self.core.as_mut() else {
+            // Only account_opened can start a stream; decide never emits anything else first.
+            return;
+        };
+        // Take the hold out before the core forgets it: its record outlives it.
+        let closing =
+            resolved_hold_id(&event).and_then(|hold_id| core.balance.open_holds.remove(hold_id));
+        evolve_core(core, &event, self.version);
+        evolve_records(&mut self.records, closing, event, self.version);
+    }
+}
+
+/// Applies an event, the stream's `version`-th, to the core alone. Public so that `decide`
+/// can look ahead on a copy.
+pub fn evolve_core(core: &mut Core, event: &Event, version: u64) {
+    core.plan.apply(event);
+    core.balance.apply(event, version);
+    core.trials.apply(event);
+}
+
+/// The id of the hold an event resolves, if it resolves one.
+fn resolved_hold_id(event: &Event) -> Option<&str> {
+    match event {
+        Event::HoldCaptured(data) => Some(&data.hold_id),
+        Event::HoldReleased(data) => Some(&data.hold_id),
+        Event::HoldExpired(data) => Some(&data.hold_id),
+        _ => None,
+    }
+}
+
+fn evolve_records(records: &mut Records, closing: Option<Hold>, event: Event, version: u64) {
+    match event {
+        Event::TierChanged(data) => {
+            records.references.insert(data.reference.clone(), data);
+        }
+        Event::AllowanceRenewed(data) => {
+            if let Some(invoice_id) = data.invoice_id.clone() {
+                records.invoices.insert(invoice_id, data);
+            }
+        }
+        Event::TopUpPurchased(data) => {
+            records.purchases.insert(data.purchase_id.clone(), data);
+        }
+        Event::GrantAdded(data) => {
+            records.grants.insert(data.grant_id.clone(), data);
+        }
+        Event::CreditsCharged(data) => {
+            records.charges.insert(
+                data.charge_id.clone(),
+                Box::new(ChargeRecord {
+                    charge: data,
+                    version,
+                    refund: None,
+                }),
+            );
+        }
+        Event::ChargeRefunded(data) => {
+            if let Some(record) = records.charges.get_mut(&data.charge_id) {
+                record.refund = Some(Box::new(data));
+            }
+        }
+        Event::HoldCaptured(data) => close_hold(records, closing, HoldResolution::Captured(data)),
+        Event::HoldReleased(data) => close_hold(records, closing, HoldResolution::Released(data)),
+        Event::HoldExpired(data) => close_hold(records, closing, HoldResolution::Expired(data)),
+        _ => {}
+    }
+}
+
+/// Keeps a resolved hold, so that a late retry of its capture still gets its first answer.
+fn close_hold(records: &mut Records, closing: Option<Hold>, resolution: HoldResolution) {
+    if let Some(hold) = closing {
+        records
+            .closed_holds
+            .insert(hold.placed.hold_id.clone(), Box::new((hold, resolution)));
+    }
+}

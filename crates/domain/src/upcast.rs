@@ -1,0 +1,79 @@
+//! Reading events of any schema version: old versions are upgraded, step by step, to the
+//! version this code writes. Fixtures of every old version stay in the tests forever.
+
+use serde_json::{json, Value};
+
+use crate::events::{DecodeError, Event};
+
+/// Decodes `data` of `type_name` written with `schema_version`, upcasting old versions.
+pub fn decode_event(
+    type_name: &str,
+    schema_version: u32,
+    data: &str,
+) -> Result<Event, DecodeError> {
+    let current = Event::current_schema_version(type_name)
+        .ok_or_else(|| DecodeError::UnknownType(type_name.to_string()))?;
+    if schema_version == current {
+        return Event::from_current(type_name, data);
+    }
+    if schema_version == 0 || schema_version > current {
+        return Err(DecodeError::UnknownVersion {
+            type_name: type_name.to_string(),
+            version: schema_version,
+            current,
+        });
+    }
+    let mut value: Value =
+        serde_json::from_str(data).map_err(|err| DecodeError::Envelope(err.to_string()))?;
+    let mut version = schema_version;
+    while version < current {
+        value = upcast_once(type_name, version, value)?;
+        version += 1;
+    }
+    Event::from_current(type_name, &value.to_string())
+}
+
+/// One step: `version` → `version + 1`.
+fn upcast_once(type_name: &str, version: u32, value: Value) -> Result<Value, DecodeError> {
+    match (type_name, version) {
+        ("credits_charged", 1) => credits_charged_v1_to_v2(value),
+        _ => Err(DecodeError::UnknownVersion {
+            type_name: type_name.to_string(),
+            version,
+            current: Event::current_schema_version(type_name).unwrap_or(0),
+        }),
+    }
+}
+
+/// v1 predates trials, API runs and the balance in the receipt: every v1 charge was an app
+/// run paid from credits, or by an unlimited account when it drew from the unlimited marker.
+fn credits_charged_v1_to_v2(mut value: Value) -> Result<Value, DecodeError> {
+    let object = value.as_object_mut().ok_or_else(|| DecodeError::Data {
+        type_name: "credits_charged",
+        message: "v1 data is not an object".into(),
+    })?;
+    // A v1 payload carrying v2 fields is not v1: refuse it rather than overwrite them.
+    for field in ["via", "paid_by", "balance_after"] {
+        if object.contains_key(field) {
+            return Err(DecodeError::Data {
+                type_name: "credits_charged",
+                message: format!("v1 data must not carry the v2 field {field}"),
+            });
+        }
+    }
+    let unlimited = object
+        .get("drawn_from")
+        .and_then(Value::as_array)
+        .is_some_and(|parts| {
+            parts
+                .iter()
+                .any(|part| part.get("bucket") == Some(&json!("unlimited")))
+        });
+    object.insert("via".into(), json!("app"));
+    object.insert(
+        "paid_by".into(),
+        json!(if unlimited { "unlimited" } else { "credits" }),
+    );
+    object.insert("balance_after".into(), Value::Null);
+    Ok(value)
+}
