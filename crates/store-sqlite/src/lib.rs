@@ -1,0 +1,214 @@
+//! Embedded SQLite event store: the zero set-up default, durable on acknowledge.
+//!
+//! One file holds every stream. The design, and why:
+//!
+//! - **One writer thread** owns the only write connection and is fed by a bounded channel. It
+//!   drains everything queued (up to [`MAX_BATCH`] appends) and commits it in one transaction
+//!   (group commit), so one `fsync` covers hundreds of appends; it waits briefly for the
+//!   writers it has just answered, so that they join the next group instead of missing it. Each append still succeeds or
+//!   fails on its own: versions are checked against a per-stream head cache before inserting,
+//!   and a multi-event append runs inside a SAVEPOINT so a conflict undoes only that append.
+//!   Callers are answered through a oneshot only after the COMMIT returned: an acknowledged
+//!   append is in the WAL and synced (`synchronous=FULL`), so it survives `kill -9`.
+//!   Checkpoints (copying the WAL into the file) run on a thread of their own.
+//! - **Readers** use a small pool of read-only connections on blocking threads. In WAL mode
+//!   they read the last committed snapshot and never wait for the writer.
+//! - **Subscriptions** page through `read_all`, then wait for the writer's head notification
+//!   or a short poll timer, whichever comes first; the timer is what lets another process
+//!   following the same file see new events live.
+//! - **Positions** are the table's rowid. A single write lock serialises transactions and
+//!   rowids grow within each one, so positions increase in commit order and a reader never
+//!   sees a smaller position appear after a larger one.
+//! - **Format**: `PRAGMA application_id` marks the file as a ledger store and
+//!   `PRAGMA user_version` holds [`FORMAT_VERSION`]. A file from a newer format is refused
+//!   with [`StoreError::Incompatible`] before anything in it is written.
+//!
+//! Idempotency and conflict rules are those of [`ledger_store::conformance`]; in addition,
+//! an append at the right version that reuses an event id stored anywhere else fails with
+//! [`StoreError::EventIdConflict`] (event ids are unique in the whole file).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use ledger_store::{
+    AppendOutcome, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent,
+    StoreError, StreamVersion, Subscription,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod checkpoint;
+mod reader;
+mod schema;
+mod subscription;
+mod validate;
+mod writer;
+
+pub use schema::{APPLICATION_ID, FORMAT_VERSION};
+pub use writer::{MAX_BATCH, QUEUE_CAPACITY};
+
+use reader::ReaderPool;
+use subscription::SqliteSubscription;
+
+/// The SQLite event store. Appends go through one writer thread; reads use pooled read-only
+/// connections. Dropping the store stops the writer once its queue is drained; use
+/// [`SqliteStore::close`] to wait for that.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Arc<ReaderPool>,
+    /// `None` for a store opened with [`SqliteStore::open_read_only`].
+    writer: Option<WriterHandle>,
+}
+
+#[derive(Debug)]
+struct WriterHandle {
+    requests: mpsc::Sender<writer::Request>,
+    head: watch::Receiver<Option<GlobalPosition>>,
+    thread: JoinHandle<()>,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file if needed. Refuses a file that is not a
+    /// ledger store or was written by a newer, incompatible format, without changing it.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let connection = schema::open_writer(path)?;
+        let readers = Arc::new(ReaderPool::new(path.to_owned()));
+        let head = readers.with_connection(reader::head_position)?;
+        let (requests, head, thread) = writer::spawn(connection, path, head)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            readers,
+            writer: Some(WriterHandle {
+                requests,
+                head,
+                thread,
+            }),
+        })
+    }
+
+    /// Opens an existing store for reading only (for example a projector in another process
+    /// following the file). Appends fail with [`StoreError::Invalid`]; subscriptions see new
+    /// events by polling the file.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Unavailable(format!(
+                "no event store at {}",
+                path.display()
+            )));
+        }
+        schema::check_compatible(path)?;
+        let readers = Arc::new(ReaderPool::new(path.to_owned()));
+        // Fail now, not on the first read, if the file cannot be read.
+        readers.with_connection(reader::head_position)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            readers,
+            writer: None,
+        })
+    }
+
+    /// The file this store reads and writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting appends, waits until every queued append is committed and answered,
+    /// and closes the file's write connection.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let SqliteStore {
+            writer, readers, ..
+        } = self;
+        drop(readers);
+        let Some(WriterHandle {
+            requests, thread, ..
+        }) = writer
+        else {
+            return Ok(());
+        };
+        // The writer thread exits when its channel is closed and drained.
+        drop(requests);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("closing the store: {error}")))?
+            .map_err(|_| StoreError::Unavailable("the writer thread panicked".into()))
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate::append(stream, expected, &events)?;
+        let Some(writer) = &self.writer else {
+            return Err(StoreError::Invalid(format!(
+                "{} is opened read-only",
+                self.path.display()
+            )));
+        };
+        let (reply, answer) = oneshot::channel();
+        let request = writer::Request {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        writer
+            .requests
+            .send(request)
+            .await
+            .map_err(|_| writer::stopped())?;
+        answer.await.map_err(|_| writer::stopped())?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        validate::stream_to_read(stream)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = stream.to_owned();
+        self.readers
+            .run(move |connection| reader::read_stream(connection, &stream, from_version, limit))
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<GlobalPosition>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.readers
+            .run(move |connection| reader::read_all(connection, after, limit))
+            .await
+    }
+
+    async fn subscribe_all(
+        &self,
+        after: Option<GlobalPosition>,
+    ) -> Result<Box<dyn Subscription>, StoreError> {
+        let head = self.writer.as_ref().map(|writer| writer.head.clone());
+        Ok(Box::new(SqliteSubscription::new(
+            Arc::clone(&self.readers),
+            head,
+            after,
+        )))
+    }
+
+    async fn head_position(&self) -> Result<Option<GlobalPosition>, StoreError> {
+        // Asked of the file rather than the writer, so that appends of other processes count.
+        self.readers.run(reader::head_position).await
+    }
+}

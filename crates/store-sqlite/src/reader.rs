@@ -1,0 +1,135 @@
+//! Reads: a small pool of read-only connections used on blocking threads, and the queries.
+//!
+//! In WAL mode a reader sees the last committed snapshot and never waits for the writer, so
+//! reads are served by their own connections instead of queueing behind appends.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use ledger_store::{GlobalPosition, RecordedEvent, StoreError, StreamVersion};
+use rusqlite::{Connection, Row};
+use uuid::Uuid;
+
+use crate::schema;
+
+/// Connections kept open between reads. More concurrent reads open extra connections that
+/// are closed afterwards; two cores gain nothing from a large pool.
+const MAX_IDLE: usize = 4;
+
+/// Read-only connections to one file.
+#[derive(Debug)]
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `read` on a pooled connection on the calling thread.
+    pub(crate) fn with_connection<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        // A poisoned lock only means another reader panicked; the Vec is still usable.
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => schema::open_read_only(&self.path).map_err(|error| self.failed(error))?,
+        };
+        let result = read(&connection).map_err(|error| self.failed(error));
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(connection);
+        }
+        result
+    }
+
+    /// Runs `read` on a pooled connection on a blocking thread.
+    pub(crate) async fn run<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = std::sync::Arc::clone(self);
+        tokio::task::spawn_blocking(move || pool.with_connection(read))
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("a read failed: {error}")))?
+    }
+
+    fn failed(&self, error: rusqlite::Error) -> StoreError {
+        StoreError::Unavailable(format!("reading {}: {error}", self.path.display()))
+    }
+}
+
+/// Converts between the store's unsigned numbers and SQLite's signed integers. Every stored
+/// value fits (validation keeps versions below `i64::MAX`); larger requests are clamped,
+/// which reads the same (nothing) as the exact value would.
+fn to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64, column: usize) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
+}
+
+/// Decodes a row of `SELECT position, stream, version, event_id, event_type, payload`.
+fn recorded(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let id: [u8; 16] = row.get(3)?;
+    Ok(RecordedEvent {
+        position: from_sql(row.get(0)?, 0)?,
+        stream: row.get(1)?,
+        version: from_sql(row.get(2)?, 2)?,
+        event_id: Uuid::from_bytes(id),
+        event_type: row.get(4)?,
+        payload: row.get(5)?,
+    })
+}
+
+pub(crate) fn read_stream(
+    connection: &Connection,
+    stream: &str,
+    from_version: StreamVersion,
+    limit: usize,
+) -> rusqlite::Result<Vec<RecordedEvent>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT position, stream, version, event_id, event_type, payload FROM events
+         WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3",
+    )?;
+    let rows = statement.query_map(
+        rusqlite::params![stream, to_sql(from_version), to_sql(limit as u64)],
+        recorded,
+    )?;
+    rows.collect()
+}
+
+pub(crate) fn read_all(
+    connection: &Connection,
+    after: Option<GlobalPosition>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RecordedEvent>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT position, stream, version, event_id, event_type, payload FROM events
+         WHERE position > ?1 ORDER BY position LIMIT ?2",
+    )?;
+    // Positions start at 1, so "after nothing" is "after 0".
+    let after = after.map_or(0, to_sql);
+    let rows = statement.query_map(rusqlite::params![after, to_sql(limit as u64)], recorded)?;
+    rows.collect()
+}
+
+pub(crate) fn head_position(connection: &Connection) -> rusqlite::Result<Option<GlobalPosition>> {
+    let head: Option<i64> = connection
+        .prepare_cached("SELECT max(position) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    head.map(|head| from_sql(head, 0)).transpose()
+}
