@@ -1364,7 +1364,10 @@ pub fn next_due_at(core: &Core) -> Option<Instant> {
         (scheduled && in_paid_year && !plan.unlimited && plan.plan_allowance.is_some())
             .then_some(bucket.period_end)
     });
-    let holds = balance.open_holds.values().map(|hold| hold.placed.expires_at);
+    let holds = balance
+        .open_holds
+        .values()
+        .map(|hold| hold.placed.expires_at);
     let lots = balance
         .top_ups
         .iter()
@@ -1376,5 +1379,10 @@ pub fn next_due_at(core: &Core) -> Option<Instant> {
         .values()
         .filter(|trial| !trial.closed)
         .filter_map(|trial| trial.closes_at);
-    refresh.into_iter().chain(holds).chain(lots).chain(windows).min()
+    refresh
+        .into_iter()
+        .chain(holds)
+        .chain(lots)
+        .chain(windows)
+        .min()
 }

@@ -1260,9 +1260,18 @@ fn the_scheduler_knows_when_an_account_next_has_something_due() {
     assert_eq!(next_due_at(core), Some(at("2026-02-10T12:00:00Z")));
     let mut given = given.ran(top_up_until("p1", 5, "2026-01-20T00:00:00Z"));
     given.run(hold("h1", "assistant-chat", None, None, Some("15m")));
-    assert_eq!(next_due_at(given.account.core.as_ref().unwrap()), Some(at("2026-01-10T12:15:00Z")));
+    assert_eq!(
+        next_due_at(given.account.core.as_ref().unwrap()),
+        Some(at("2026-01-10T12:15:00Z"))
+    );
     // A monthly pro account with nothing else pending waits for billing.
-    let given = given_account().ran(subscribe(Tier::Pro, Some(Billing::Monthly), T0, "2026-02-10T12:00:00Z", "s"));
+    let given = given_account().ran(subscribe(
+        Tier::Pro,
+        Some(Billing::Monthly),
+        T0,
+        "2026-02-10T12:00:00Z",
+        "s",
+    ));
     assert_eq!(next_due_at(given.account.core.as_ref().unwrap()), None);
     // Ticking before it writes nothing; at it, the due events.
     let given = given_account().at("2026-02-10T11:59:59Z");
