@@ -1,0 +1,88 @@
+//! Turning a stored event into what the views fold: decoded once, shared by every view.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use ledger_domain::envelope::account_of_stream;
+use ledger_domain::events::{DecodeError, Event};
+use ledger_domain::upcast::decode_event;
+use ledger_store::{GlobalPosition, RecordedEvent};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::ProjectorError;
+
+/// An event at its place in the global order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub position: GlobalPosition,
+    /// When the store recorded it, in microseconds since the Unix epoch; `None` for events
+    /// of streams the ledger does not own, whose payload it does not read.
+    pub recorded_at_us: Option<i64>,
+    /// `None` for an event outside the account streams: it only moves the checkpoint.
+    pub account: Option<AccountEvent>,
+}
+
+/// An event of an account stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountEvent {
+    pub account_id: Arc<str>,
+    /// The stream version: 1 for `account_opened`, then one more per event.
+    pub version: u64,
+    pub event: Event,
+}
+
+/// The envelope fields the views need, borrowed from the payload. Like
+/// `envelope::decode_payload_event`, plus `recorded_at` for the lag metric.
+#[derive(Deserialize)]
+struct Slim<'a> {
+    version: u64,
+    #[serde(rename = "type", borrow)]
+    type_name: Cow<'a, str>,
+    schema_version: u32,
+    #[serde(borrow)]
+    recorded_at: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Decodes a stored event, upcasting old schema versions.
+pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
+    let Some(account_id) = account_of_stream(&record.stream) else {
+        return Ok(Decoded {
+            position: record.position,
+            recorded_at_us: None,
+            account: None,
+        });
+    };
+    let failed = |source: DecodeError| ProjectorError::Decode {
+        position: record.position,
+        stream: record.stream.clone(),
+        source,
+    };
+    let slim: Slim<'_> = serde_json::from_slice(&record.payload)
+        .map_err(|error| failed(DecodeError::Envelope(error.to_string())))?;
+    if slim.version != record.version {
+        return Err(failed(DecodeError::Envelope(format!(
+            "the envelope says version {} but the store has it at version {}",
+            slim.version, record.version
+        ))));
+    }
+    let recorded_at = chrono::DateTime::parse_from_rfc3339(&slim.recorded_at).map_err(|error| {
+        failed(DecodeError::Envelope(format!(
+            "bad recorded_at {:?}: {error}",
+            slim.recorded_at
+        )))
+    })?;
+    let event =
+        decode_event(&slim.type_name, slim.schema_version, slim.data.get()).map_err(failed)?;
+    Ok(Decoded {
+        position: record.position,
+        recorded_at_us: Some(recorded_at.timestamp_micros()),
+        account: Some(AccountEvent {
+            account_id: Arc::from(account_id),
+            version: record.version,
+            event,
+        }),
+    })
+}

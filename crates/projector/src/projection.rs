@@ -1,0 +1,177 @@
+//! The trait a view implements for the runtime, the three views, and how a projector names
+//! the ones it runs.
+//!
+//! The views' folds live in their own crates (`projections/*`), which depend on nothing but
+//! the domain. The runtime depends on them, so the [`Projection`] impls sit here, each a
+//! plain delegation: were the trait implemented in the view crates, they would depend on this
+//! crate and this crate could not offer [`crate::Views`] or [`ViewSelection`] over them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ledger_domain::events::Event;
+use ledger_domain::state::{Balance, PlanState, Trials};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// One of the three views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViewName {
+    Balance,
+    TrialUsage,
+    Tier,
+}
+
+impl ViewName {
+    pub const ALL: [ViewName; 3] = [ViewName::Balance, ViewName::TrialUsage, ViewName::Tier];
+
+    /// The name on the command line, in file names and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewName::Balance => ledger_projection_balance::NAME,
+            ViewName::TrialUsage => ledger_projection_trial_usage::NAME,
+            ViewName::Tier => ledger_projection_tier::NAME,
+        }
+    }
+}
+
+impl fmt::Display for ViewName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A view name that is not one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown view {0:?}: expected balance, trial-usage, tier or all")]
+pub struct UnknownView(pub String);
+
+impl FromStr for ViewName {
+    type Err = UnknownView;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ViewName::ALL
+            .into_iter()
+            .find(|view| view.as_str() == text)
+            .ok_or_else(|| UnknownView(text.to_owned()))
+    }
+}
+
+/// Which views a projector runs: `--view balance|trial-usage|tier|all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ViewSelection {
+    #[default]
+    All,
+    One(ViewName),
+}
+
+impl ViewSelection {
+    pub fn contains(self, view: ViewName) -> bool {
+        match self {
+            ViewSelection::All => true,
+            ViewSelection::One(one) => one == view,
+        }
+    }
+
+    /// The selected views, in a fixed order.
+    pub fn views(self) -> Vec<ViewName> {
+        ViewName::ALL
+            .into_iter()
+            .filter(|view| self.contains(*view))
+            .collect()
+    }
+}
+
+impl FromStr for ViewSelection {
+    type Err = UnknownView;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "all" => Ok(ViewSelection::All),
+            one => one.parse().map(ViewSelection::One),
+        }
+    }
+}
+
+impl fmt::Display for ViewSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ViewSelection::All => f.write_str("all"),
+            ViewSelection::One(view) => view.fmt(f),
+        }
+    }
+}
+
+/// A view as the runtime sees it: a row per account, created by `account_opened` and folded
+/// by every later event of the account's stream, stored as deterministic JSON.
+///
+/// Implementations are pure: the same events always give the same row and the same bytes.
+/// Ordering, idempotence (the version check) and storage are the runtime's job.
+pub trait Projection: Send + Sync + 'static {
+    /// One account's row.
+    type Row: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    const VIEW: ViewName;
+
+    /// The shape of stored rows; see the view crates' `ROW_FORMAT`.
+    const ROW_FORMAT: u32;
+
+    /// The row `event` (an account's first) creates, or `None` if it creates none.
+    fn create(event: &Event) -> Option<Self::Row>;
+
+    /// Folds `event`, the stream's `version`-th, into an existing row.
+    fn update(row: &mut Self::Row, event: &Event, version: u64);
+
+    /// Appends the stored form of `row` to `out`.
+    fn encode(row: &Self::Row, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+
+    /// Reads a stored row back.
+    fn decode(stored: &[u8]) -> Result<Self::Row, serde_json::Error>;
+}
+
+/// The balance view (`projections/balance`).
+#[derive(Debug, Clone, Copy)]
+pub struct BalanceView;
+
+/// The trial-usage view (`projections/trial-usage`).
+#[derive(Debug, Clone, Copy)]
+pub struct TrialUsageView;
+
+/// The tier view (`projections/tier`).
+#[derive(Debug, Clone, Copy)]
+pub struct TierView;
+
+macro_rules! delegate {
+    ($marker:ty, $view:ident, $row:ty, $krate:ident) => {
+        impl Projection for $marker {
+            type Row = $row;
+            const VIEW: ViewName = ViewName::$view;
+            const ROW_FORMAT: u32 = $krate::ROW_FORMAT;
+
+            fn create(event: &Event) -> Option<$row> {
+                $krate::create(event)
+            }
+
+            fn update(row: &mut $row, event: &Event, version: u64) {
+                $krate::update(row, event, version)
+            }
+
+            fn encode(row: &$row, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+                $krate::encode(row, out)
+            }
+
+            fn decode(stored: &[u8]) -> Result<$row, serde_json::Error> {
+                $krate::decode(stored)
+            }
+        }
+    };
+}
+
+delegate!(BalanceView, Balance, Balance, ledger_projection_balance);
+delegate!(
+    TrialUsageView,
+    TrialUsage,
+    Trials,
+    ledger_projection_trial_usage
+);
+delegate!(TierView, Tier, PlanState, ledger_projection_tier);
