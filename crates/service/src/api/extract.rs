@@ -1,0 +1,155 @@
+//! Extractors that turn every malformed request into the API's error envelope: bearer-token
+//! roles, strict JSON bodies (unknown fields refused, 64 KiB at most), account ids in paths,
+//! and query strings.
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use ledger_domain::decide::valid_account_id;
+use ledger_domain::Rejection;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::tokens::Role;
+
+/// Bodies larger than this are refused with 413.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub role: Role,
+}
+
+impl Caller {
+    /// Allows `roles` (and admin, which may do everything).
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if self.role == Role::Admin || roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(Rejection::Forbidden {
+                role: self.role.as_str().to_string(),
+            }
+            .into())
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(Rejection::Unauthenticated)?;
+        let role = app.tokens.role(token).ok_or(Rejection::Unauthenticated)?;
+        Ok(Caller { role })
+    }
+}
+
+/// A JSON body parsed strictly into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::from(Rejection::PayloadTooLarge {
+                        limit_bytes: BODY_LIMIT_BYTES,
+                    })
+                } else {
+                    ApiError::from(Rejection::invalid(format!("unreadable body: {rejection}")))
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a body, naming the offending field in the error. An empty body reads as `{}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = if bytes.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        bytes
+    };
+    let deserializer = &mut serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let message = if path == "." {
+            format!("invalid JSON body: {}", err.inner())
+        } else {
+            format!("invalid JSON body at {path}: {}", err.inner())
+        };
+        Rejection::invalid(message)
+    })?;
+    Ok(value)
+}
+
+/// An account id from the path, checked.
+#[derive(Debug, Clone)]
+pub struct AccountId(pub String);
+
+impl<S> FromRequestParts<S> for AccountId
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(params): Path<Vec<(String, String)>> = Path::from_request_parts(parts, state)
+            .await
+            .map_err(|err| Rejection::invalid(format!("bad path: {err}")))?;
+        let id = params
+            .into_iter()
+            .find(|(name, _)| name == "id")
+            .map(|(_, value)| value)
+            .ok_or_else(|| Rejection::invalid("missing account id"))?;
+        if !valid_account_id(&id) {
+            return Err(Rejection::invalid(
+                "account ids are 1 to 64 characters of letters, digits, '_' and '-'",
+            )
+            .into());
+        }
+        Ok(AccountId(id))
+    }
+}
+
+/// A query string parsed strictly into `T`.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|err| Rejection::invalid(format!("invalid query: {}", err.body_text())))?;
+        Ok(QueryParams(value))
+    }
+}

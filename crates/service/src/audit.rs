@@ -1,0 +1,277 @@
+//! Audit and replay: the events of one account as stored, the explain timeline, the full
+//! export in global order, hash-chain verification and reconciliation of views with a replay.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures::stream::{self, Stream};
+use ledger_domain::envelope::{
+    account_of_stream, stream_name, Envelope, RawEnvelope, GENESIS_HASH,
+};
+use ledger_domain::explain::{explain, Explanation};
+use ledger_domain::{Account, Catalog, Instant};
+use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
+use serde::Serialize;
+
+use crate::ledger::CommandError;
+use crate::views::ReadModel;
+
+/// Events read from the store per page.
+const PAGE: usize = 1_000;
+
+fn corrupt(event: &RecordedEvent, message: impl Into<String>) -> CommandError {
+    CommandError::Corrupt {
+        stream: event.stream.clone(),
+        message: format!("version {}: {}", event.version, message.into()),
+    }
+}
+
+/// A stored event as the API shows it: the stored envelope, byte-faithful, with its position.
+pub fn raw_with_position(event: &RecordedEvent) -> Result<RawEnvelope, CommandError> {
+    let mut raw =
+        RawEnvelope::parse(&event.payload).map_err(|err| corrupt(event, err.to_string()))?;
+    raw.position = Some(event.position);
+    Ok(raw)
+}
+
+/// One page of an account's events after version `after`.
+pub async fn stream_page(
+    store: &dyn EventStore,
+    account_id: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<RawEnvelope>, CommandError> {
+    let page = store
+        .read_stream(&stream_name(account_id), after + 1, limit)
+        .await?;
+    page.iter().map(raw_with_position).collect()
+}
+
+/// Every event of an account, decoded (old versions upcast).
+pub async fn read_account(
+    store: &dyn EventStore,
+    account_id: &str,
+) -> Result<Vec<Envelope>, CommandError> {
+    let mut envelopes = Vec::new();
+    loop {
+        let after = envelopes.len() as u64;
+        let page = store
+            .read_stream(&stream_name(account_id), after + 1, PAGE)
+            .await?;
+        let done = page.len() < PAGE;
+        for event in &page {
+            let raw = raw_with_position(event)?;
+            envelopes.push(
+                raw.decode()
+                    .map_err(|err| corrupt(event, err.to_string()))?,
+            );
+        }
+        if done {
+            return Ok(envelopes);
+        }
+    }
+}
+
+/// The explain timeline of an account as of `at`.
+pub async fn explain_account(
+    store: &dyn EventStore,
+    catalog: &Catalog,
+    account_id: &str,
+    at: Instant,
+) -> Result<Explanation, CommandError> {
+    let envelopes = read_account(store, account_id).await?;
+    Ok(explain(account_id, &envelopes, catalog, at))
+}
+
+fn in_window(raw: &RawEnvelope, since: Option<Instant>, until: Option<Instant>) -> bool {
+    let Ok(recorded_at) = raw.recorded_at.parse::<Instant>() else {
+        return true;
+    };
+    since.is_none_or(|since| recorded_at >= since) && until.is_none_or(|until| recorded_at < until)
+}
+
+/// Every event of every account in global order, as NDJSON lines, recorded in
+/// `[since, until)`. Streams page by page, so an export of any size runs in bounded memory.
+pub fn export_lines(
+    store: Arc<dyn EventStore>,
+    since: Option<Instant>,
+    until: Option<Instant>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    stream::try_unfold(Some(None::<GlobalPosition>), move |cursor| {
+        let store = store.clone();
+        async move {
+            let Some(after) = cursor else {
+                return Ok(None);
+            };
+            let page = store
+                .read_all(after, PAGE)
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+            let next = if page.len() < PAGE {
+                None
+            } else {
+                Some(page.last().map(|e| e.position))
+            };
+            let mut chunk = Vec::with_capacity(page.len() * 512);
+            for event in &page {
+                let raw = raw_with_position(event)
+                    .map_err(|err| std::io::Error::other(err.to_string()))?;
+                if in_window(&raw, since, until) {
+                    serde_json::to_writer(&mut chunk, &raw).map_err(std::io::Error::other)?;
+                    chunk.push(b'\n');
+                }
+            }
+            Ok(Some((Bytes::from(chunk), next)))
+        }
+    })
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub streams: usize,
+    pub events: u64,
+    pub problems: Vec<String>,
+}
+
+/// Checks every stream's hash chain, its versions (1, 2, 3, ... with no gaps), that global
+/// positions increase, and that every event decodes.
+pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, CommandError> {
+    let mut report = VerifyReport::default();
+    let mut heads: HashMap<String, (u64, String)> = HashMap::new();
+    let mut after: Option<GlobalPosition> = None;
+    loop {
+        let page = store.read_all(after, PAGE).await?;
+        for event in &page {
+            report.events += 1;
+            if after.is_some_and(|previous| event.position <= previous) {
+                report
+                    .problems
+                    .push(format!("position {} does not increase", event.position));
+            }
+            after = Some(event.position);
+            let raw = match RawEnvelope::parse(&event.payload) {
+                Ok(raw) => raw,
+                Err(err) => {
+                    report.problems.push(format!(
+                        "{} v{}: unreadable: {err}",
+                        event.stream, event.version
+                    ));
+                    continue;
+                }
+            };
+            let (last_version, last_hash) = heads
+                .entry(event.stream.clone())
+                .or_insert_with(|| (0, GENESIS_HASH.to_string()));
+            let where_ = format!("{} v{}", event.stream, event.version);
+            if event.version != *last_version + 1 || raw.version != event.version {
+                report
+                    .problems
+                    .push(format!("{where_}: version gap after v{last_version}"));
+            }
+            if raw.prev_hash != *last_hash {
+                report.problems.push(format!(
+                    "{where_}: prev_hash does not match the previous event's hash"
+                ));
+            }
+            if raw.computed_hash() != raw.hash {
+                report
+                    .problems
+                    .push(format!("{where_}: hash does not match the event's content"));
+            }
+            if let Err(err) = raw.decode() {
+                report.problems.push(format!("{where_}: {err}"));
+            }
+            *last_version = event.version;
+            *last_hash = raw.hash;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    report.streams = heads.len();
+    Ok(report)
+}
+
+/// What `audit reconcile` found.
+#[derive(Debug, Default, Serialize)]
+pub struct ReconcileReport {
+    pub accounts: usize,
+    pub position: Option<u64>,
+    pub differences: Vec<String>,
+}
+
+/// Replays every stream up to the views' position and compares each account's replayed
+/// state with its rows in the three views.
+pub async fn reconcile(
+    store: &dyn EventStore,
+    views: &dyn ReadModel,
+) -> Result<ReconcileReport, CommandError> {
+    let position = views.position();
+    let mut accounts: HashMap<String, Account> = HashMap::new();
+    let mut after: Option<GlobalPosition> = None;
+    'pages: loop {
+        let page = store.read_all(after, PAGE).await?;
+        for event in &page {
+            if position.is_none_or(|limit| event.position > limit) {
+                break 'pages;
+            }
+            after = Some(event.position);
+            let Some(account_id) = account_of_stream(&event.stream) else {
+                continue;
+            };
+            let raw = raw_with_position(event)?;
+            let envelope = raw
+                .decode()
+                .map_err(|err| corrupt(event, err.to_string()))?;
+            accounts
+                .entry(account_id.to_string())
+                .or_insert_with(|| Account::new(account_id))
+                .apply(envelope.event);
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    let mut report = ReconcileReport {
+        accounts: accounts.len(),
+        position,
+        differences: Vec::new(),
+    };
+    let mut ids: Vec<&String> = accounts.keys().collect();
+    ids.sort();
+    for id in ids {
+        let replayed = accounts[id].core.as_ref();
+        match (replayed, views.account(id)) {
+            (None, None) => {}
+            (Some(_), None) => report
+                .differences
+                .push(format!("{id}: in the streams, missing from the views")),
+            (None, Some(_)) => report
+                .differences
+                .push(format!("{id}: in the views, never opened in the streams")),
+            (Some(core), Some(view)) => {
+                if core.plan != view.plan {
+                    report.differences.push(format!(
+                        "{id}: tier view differs: replay {:?}, view {:?}",
+                        core.plan, view.plan
+                    ));
+                }
+                if core.balance != view.balance {
+                    report.differences.push(format!(
+                        "{id}: balance view differs: replay {:?}, view {:?}",
+                        core.balance, view.balance
+                    ));
+                }
+                if core.trials != view.trials {
+                    report.differences.push(format!(
+                        "{id}: trial-usage view differs: replay {:?}, view {:?}",
+                        core.trials, view.trials
+                    ));
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,14 @@
+//! The ledger service: command handling over an event store, the admission check over the
+//! views, the HTTP API of SPEC section 8, bearer-token roles, metrics, audit and the
+//! scheduler. Everything with IO lives here or further out; the rules live in the domain.
+
+pub mod api;
+pub mod audit;
+pub mod clock;
+pub mod ledger;
+pub mod metrics;
+pub mod scheduler;
+pub mod store;
+pub mod summary;
+pub mod tokens;
+pub mod views;

@@ -1,0 +1,132 @@
+//! The command handler under concurrency: many tasks on two service replicas (two
+//! `Ledger`s with separate caches over one store) charge one account. No overdraft, no lost
+//! or doubled charge, and every retry with the same id gets the first answer.
+
+use std::sync::Arc;
+
+use ledger_domain::command::{Charge, Quantity};
+use ledger_domain::decide::Reply;
+use ledger_domain::events::Via;
+use ledger_domain::{Catalog, Command};
+use ledger_service::clock::SystemClock;
+use ledger_service::ledger::{CommandError, Ledger};
+use ledger_store::EventStore;
+use ledger_store_sqlite::SqliteStore;
+
+fn catalog_with_free_allowance(allowance: u64) -> Catalog {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(ledger_domain::catalog::DEFAULT_CATALOG_JSON).unwrap();
+    doc["plans"]["free"]["monthly_allowance"] = allowance.into();
+    Catalog::from_json(&doc.to_string()).unwrap()
+}
+
+fn chat(id: usize) -> Command {
+    Command::Charge(Charge {
+        charge_id: format!("c{id}"),
+        run_id: "run".into(),
+        node_id: format!("n{id}"),
+        model: "assistant-chat".into(),
+        quantity: Quantity::default(),
+        via: Via::App,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_replicas_never_overdraw_nor_double_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let catalog = Arc::new(catalog_with_free_allowance(1_000));
+    let replicas = [
+        Ledger::new(store.clone(), catalog.clone(), Arc::new(SystemClock)),
+        Ledger::new(store.clone(), catalog.clone(), Arc::new(SystemClock)),
+    ];
+    replicas[0]
+        .execute("hot", &Command::OpenAccount, "billing")
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for worker in 0..32usize {
+        let replicas = replicas.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for round in 0..40usize {
+                let id = worker * 40 + round;
+                // Each charge is sent twice, to different replicas, as a retrying executor would.
+                for attempt in 0..2 {
+                    let ledger = &replicas[(id + attempt) % 2];
+                    let result = ledger.execute("hot", &chat(id), "executor").await;
+                    results.push((id, attempt, result));
+                }
+            }
+            results
+        }));
+    }
+    let mut accepted = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for task in tasks {
+        for (id, attempt, result) in task.await.unwrap() {
+            match result {
+                Ok(outcome) => {
+                    let Reply::Charged(receipt) = &outcome.reply else {
+                        panic!("not a charge receipt")
+                    };
+                    if let Some(first) = accepted.insert(id, receipt.clone()) {
+                        assert_eq!(
+                            first, *receipt,
+                            "a retry of c{id} must get the first answer"
+                        );
+                        assert_eq!(attempt, 1);
+                    }
+                }
+                Err(CommandError::Rejected(rejection)) => {
+                    assert_eq!(rejection.code(), "INSUFFICIENT_CREDITS");
+                    refused += 1;
+                }
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        1_000,
+        "exactly the credits available were charged"
+    );
+    assert_eq!(refused, (1_280 - 1_000) * 2);
+
+    let (account, _) = replicas[1].load("hot").await.unwrap();
+    let core = account.core.unwrap();
+    assert_eq!(core.balance.available(chrono::Utc::now()).get(), 0);
+    assert_eq!(account.records.charges.len(), 1_000);
+    let events = store.read_stream("account-hot", 1, 10_000).await.unwrap();
+    let charges = events
+        .iter()
+        .filter(|e| e.event_type == "credits_charged")
+        .count();
+    assert_eq!(charges, 1_000);
+}
+
+#[tokio::test]
+async fn a_store_failure_is_unavailable_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    store.close().await.unwrap();
+    let read_only: Arc<dyn EventStore> = Arc::new(SqliteStore::open_read_only(&path).unwrap());
+    let ledger = Ledger::new(
+        read_only.clone(),
+        Arc::new(Catalog::shipped()),
+        Arc::new(SystemClock),
+    );
+    let err = ledger
+        .execute("acme", &Command::OpenAccount, "billing")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Store(_)), "{err}");
+    assert!(read_only
+        .read_stream("account-acme", 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
