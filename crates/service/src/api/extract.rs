@@ -38,6 +38,31 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The caller a request's `Authorization: Bearer TOKEN` header names. The scheme is
+    /// case-insensitive, as HTTP says.
+    pub fn from_headers(
+        tokens: &crate::tokens::Tokens,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Caller, ApiError> {
+        let value = headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or(Rejection::Unauthenticated)?;
+        let (scheme, token) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(Rejection::Unauthenticated)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Rejection::Unauthenticated.into());
+        }
+        let role = tokens
+            .role(token.trim())
+            .ok_or(Rejection::Unauthenticated)?;
+        Ok(Caller { role })
+    }
+}
+
 impl<S> FromRequestParts<S> for Caller
 where
     AppState: FromRef<S>,
@@ -46,16 +71,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let app = AppState::from_ref(state);
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(Rejection::Unauthenticated)?;
-        let role = app.tokens.role(token).ok_or(Rejection::Unauthenticated)?;
-        Ok(Caller { role })
+        // Set by the authorising layer; reading the header again covers routes without it.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(*caller);
+        }
+        Caller::from_headers(&AppState::from_ref(state).tokens, &parts.headers)
     }
 }
 
@@ -94,7 +114,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         bytes
     };
     let deserializer = &mut serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let value: T = serde_path_to_error::deserialize(&mut *deserializer).map_err(|err| {
         let path = err.path().to_string();
         let message = if path == "." {
             format!("invalid JSON body: {}", err.inner())
@@ -103,6 +123,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         Rejection::invalid(message)
     })?;
+    // Anything after the value is not JSON we understand: refuse it rather than ignore it.
+    deserializer
+        .end()
+        .map_err(|err| Rejection::invalid(format!("invalid JSON body: {err}")))?;
     Ok(value)
 }
 
