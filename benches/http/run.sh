@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# HTTP load benchmark of `ledger serve` over loopback (issue 5): charges and admission
+# checks measured with wrk, next to a baseline of GET /healthz through the same server and
+# wrk settings (the ceiling of the HTTP stack on this machine).
+#
+#   benches/http/run.sh            # 3 runs of 15 s per scenario, 2 wrk threads, 64 connections
+#   DURATION=10 RUNS=5 CONNECTIONS=32 THREADS=1 ACCOUNTS=200 benches/http/run.sh
+#
+# Targets: 20,000 charges/s and 50,000 admission checks/s with p99 under 5 ms, on two cores
+# shared with the load generator. Loopback only; every step is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION="${DURATION:-15}"
+RUNS="${RUNS:-3}"
+THREADS="${THREADS:-2}"
+CONNECTIONS="${CONNECTIONS:-64}"
+ACCOUNTS="${ACCOUNTS:-200}"
+WARMUP="${WARMUP:-3}"
+HERE="benches/http"
+
+log() { printf '== %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk"
+    timeout 300 apt-get update -qq >/dev/null
+    timeout 300 apt-get install -y -qq wrk >/dev/null
+fi
+command -v curl >/dev/null 2>&1 || { timeout 300 apt-get update -qq >/dev/null; timeout 300 apt-get install -y -qq curl >/dev/null; }
+
+log "building the release binary"
+timeout 3600 cargo build --release -p ledger-cli --quiet
+BIN="target/release/ledger"
+
+WORK="$(mktemp -d -t ledger-bench-XXXXXX)"
+SERVER_PID=""
+cleanup() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+EXECUTOR="bench-executor-token-0123456789"
+BILLING="bench-billing-token-0123456789"
+export LEDGER_TOKENS="executor=$EXECUTOR,billing=$BILLING,support=bench-support-token-0123456789,finance=bench-finance-token-0123456789,admin=bench-admin-token-0123456789"
+# One log line per command at info level; the benchmark measures the ledger, not the log.
+export LEDGER_LOG="${LEDGER_LOG:-warn}"
+unset LEDGER_DATA LEDGER_STORE LEDGER_LISTEN LEDGER_CATALOG
+
+log "starting $BIN serve on a fresh data directory"
+"$BIN" serve --data "$WORK/data" --listen 127.0.0.1:0 >"$WORK/stdout" 2>"$WORK/stderr" &
+SERVER_PID=$!
+ADDR=""
+for _ in $(seq 1 300); do
+    ADDR="$(sed -n 's/^listening on //p' "$WORK/stdout" | head -n1)"
+    [[ -n "$ADDR" ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/stderr" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n "$ADDR" ]] || { log "the server did not start in 30 s"; cat "$WORK/stderr" >&2; exit 1; }
+BASE="http://$ADDR"
+log "listening on $ADDR"
+
+# post TOKEN PATH BODY: fails on a non-2xx answer.
+post() {
+    curl -sS --fail-with-body --max-time 10 -o /dev/null -X POST \
+        -H "Authorization: Bearer $1" -H "Content-Type: application/json" \
+        --data "$3" "$BASE$2"
+}
+
+log "preparing $ACCOUNTS accounts (pro, topped up with 1,000,000,000 credits)"
+NOW="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+LATER="$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)"
+prepare() {
+    local id="bench-$1"
+    post "$BILLING" /v1/accounts "{\"account_id\":\"$id\"}"
+    post "$BILLING" "/v1/accounts/$id/subscription" \
+        "{\"tier\":\"pro\",\"billing\":\"monthly\",\"period_start\":\"$NOW\",\"period_end\":\"$LATER\",\"reference\":\"sub-$id\"}"
+    post "$BILLING" "/v1/accounts/$id/top-ups" "{\"purchase_id\":\"lot-$id\",\"credits\":1000000000}"
+}
+export -f prepare post
+export BASE BILLING NOW LATER
+seq 0 $((ACCOUNTS - 1)) | timeout 300 xargs -P 4 -I{} bash -c 'prepare {}'
+# Let the views catch up before admission reads them.
+sleep 1
+
+# to_ms VALUE: wrk's "1.23ms" / "850.00us" / "1.02s" in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else { printf "%s", v } }'
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# measure NAME ARGS...: warm-up, then RUNS runs; prints "rps p99_ms non2xx" medians/totals.
+measure() {
+    local name="$1"; shift
+    local rps_file="$WORK/$name.rps" p99_file="$WORK/$name.p99" errors=0
+    : >"$rps_file"; : >"$p99_file"
+    timeout $((WARMUP + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" --timeout 5s "$@" >/dev/null
+    for run in $(seq 1 "$RUNS"); do
+        local out="$WORK/$name.$run.txt"
+        BENCH_RUN="$name-$run-$RANDOM" timeout $((DURATION + 30)) \
+            wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s --latency "$@" >"$out"
+        awk '/^Requests\/sec:/ { print $2 }' "$out" >>"$rps_file"
+        to_ms "$(awk '$1 == "99%" { print $2 }' "$out")" >>"$p99_file"
+        echo >>"$p99_file"
+        local bad
+        bad="$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")"
+        errors=$((errors + ${bad:-0}))
+        log "$name run $run: $(awk '/^Requests\/sec:/ { print $2 }' "$out") req/s, p99 $(awk '$1 == "99%" { print $2 }' "$out")"
+    done
+    echo "$(median <"$rps_file") $(grep -v '^$' "$p99_file" | median) $errors"
+}
+
+AUTH=(-H "Authorization: Bearer $EXECUTOR" -H "Content-Type: application/json")
+export BENCH_ACCOUNTS="$ACCOUNTS"
+
+log "baseline: GET /healthz"
+read -r H_RPS H_P99 H_ERR < <(measure healthz "$BASE/healthz")
+log "charges: POST /v1/accounts/{id}/charges (unique charge_id, 1 credit)"
+read -r C_RPS C_P99 C_ERR < <(measure charges "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+log "admission: POST /v1/accounts/{id}/admission (3 nodes)"
+read -r A_RPS A_P99 A_ERR < <(measure admission "${AUTH[@]}" -s "$HERE/admission.lua" "$BASE")
+
+CHARGED="$(curl -sS --max-time 10 "$BASE/metrics" | awk -F' ' '/^ledger_http_requests_total\{.*route="\/v1\/accounts\/\{id\}\/charges".*status="201"/ { s += $NF } END { print s + 0 }')"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo
+echo "ledger HTTP benchmark: $(nproc) cores shared by server and wrk; wrk -t$THREADS -c$CONNECTIONS, $RUNS x ${DURATION}s per scenario (medians)"
+printf '%-34s %14s %12s %10s %16s\n' "scenario" "requests/s" "p99 (ms)" "non-2xx" "vs /healthz"
+printf '%-34s %14s %12s %10s %16s\n' "GET /healthz (baseline)" "$H_RPS" "$H_P99" "$H_ERR" "1.00"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges (1 credit, unique id)" "$C_RPS" "$C_P99" "$C_ERR" "$(ratio "$C_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST admission (3 nodes)" "$A_RPS" "$A_P99" "$A_ERR" "$(ratio "$A_RPS" "$H_RPS")"
+echo
+echo "targets: charges >= 20000/s, admission >= 50000/s, p99 < 5 ms; charges acknowledged (201) during the runs: $CHARGED"

@@ -1,0 +1,21 @@
+//! End-to-end tests of the ledger's HTTP surface (SPEC sections 8 and 11): the real `ledger`
+//! binary serving on a real loopback port, each test with its own server and data directory,
+//! every request and answer held to `schemas/openapi.json`.
+//!
+//! Modules: `support` (the harness), `openapi` (the document against `ROUTES`), `errors`
+//! (every error code), `roles` (the role matrix), `stories` (the seeds' stories),
+//! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `cli`
+//! (the tools on a stopped server's data, start-up failures), `lifecycle` (shutdown, tokens)
+//! and `concurrency` (no overdraft, no double charge).
+
+mod admission;
+mod cli;
+mod concurrency;
+mod errors;
+mod idempotency;
+mod lifecycle;
+mod openapi;
+mod reads;
+mod roles;
+mod stories;
+mod support;
