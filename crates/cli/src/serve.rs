@@ -176,12 +176,7 @@ pub async fn serve(
         );
         tasks.push(tokio::spawn(scheduler));
     }
-    let state = AppState {
-        ledger,
-        views: read_model,
-        tokens: Arc::new(tokens),
-        metrics: Metrics::new(),
-    };
+    let state = AppState::new(ledger, read_model, Arc::new(tokens), Metrics::new());
     let bound = listener.local_addr()?;
     let app = router(state);
     let stop = until_true(shutdown.clone());

@@ -66,7 +66,8 @@ pub struct Outcome {
     pub replayed: bool,
     /// Global position of the stream's last event after the command.
     pub position: Option<u64>,
-    /// The account's core after the command.
+    /// The account's core after the command, for answers that show the summary (receipts
+    /// carry their own figures, so a charge does not pay for the copy).
     pub core: Option<Core>,
     /// The stream version after the command.
     pub version: u64,
@@ -207,7 +208,9 @@ impl Ledger {
         for attempt in 0..CONFLICT_ATTEMPTS_MAX {
             let now = self.clock.now();
             let decision = decide(&cached.account, &self.catalog, command, now)?;
+            let wants_core = wants_core(&decision.reply);
             if decision.events.is_empty() {
+                let core = wants_core.then(|| cached.account.core.clone()).flatten();
                 let position = match original_version(&cached.account, command)
                     .filter(|_| decision.replayed)
                 {
@@ -221,7 +224,7 @@ impl Ledger {
                     reply: decision.reply,
                     replayed: decision.replayed,
                     position,
-                    core: cached.account.core.clone(),
+                    core,
                     version: cached.account.version,
                     written: Vec::new(),
                 });
@@ -262,11 +265,12 @@ impl Ledger {
                         written.push(envelope);
                     }
                     cached.last_position = Some(appended.position);
+                    let core = wants_core.then(|| cached.account.core.clone()).flatten();
                     return Ok(Outcome {
                         reply: decision.reply,
                         replayed: false,
                         position: Some(appended.position),
-                        core: cached.account.core.clone(),
+                        core,
                         version: cached.account.version,
                         written,
                     });
@@ -356,4 +360,9 @@ async fn backoff(attempt: usize) {
         .map_or(0, |elapsed| u64::from(elapsed.subsec_nanos()));
     let pause_us = nanos % ceiling_us.max(1);
     tokio::time::sleep(std::time::Duration::from_micros(pause_us)).await;
+}
+
+/// Whether an answer renders the account summary and so needs the core after the command.
+fn wants_core(reply: &Reply) -> bool {
+    matches!(reply, Reply::Summary { .. } | Reply::Verification { .. })
 }

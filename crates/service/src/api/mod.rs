@@ -37,13 +37,41 @@ const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 const EVENTS_LIMIT_MAX: usize = 10_000;
 
-/// Everything a handler needs.
+/// Everything a handler needs. Cloned for every request, so it is one `Arc`.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+/// What `AppState` shares.
+#[derive(Debug)]
+pub struct App {
     pub ledger: Ledger,
     pub views: Arc<dyn ReadModel>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(
+        ledger: Ledger,
+        views: Arc<dyn ReadModel>,
+        tokens: Arc<Tokens>,
+        metrics: Metrics,
+    ) -> AppState {
+        AppState(Arc::new(App {
+            ledger,
+            views,
+            tokens,
+            metrics,
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
 }
 
 /// Every route the server answers, as (method, path template). The OpenAPI document must
