@@ -8,6 +8,11 @@ use ledger_domain::events::{Billing, Via};
 use ledger_domain::{Credits, DurationS, Instant};
 use serde::Deserialize;
 
+/// A request body that is one command.
+pub trait IntoCommand: serde::de::DeserializeOwned + Send + 'static {
+    fn into_command(self) -> Command;
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAccount {
@@ -27,8 +32,8 @@ pub struct Subscription {
     pub allowance: Option<u64>,
 }
 
-impl Subscription {
-    pub fn command(self) -> Command {
+impl IntoCommand for Subscription {
+    fn into_command(self) -> Command {
         Command::ChangeSubscription(command::ChangeSubscription {
             tier: self.tier,
             billing: self.billing,
@@ -48,8 +53,8 @@ pub struct Renewal {
     pub period_end: Instant,
 }
 
-impl Renewal {
-    pub fn command(self) -> Command {
+impl IntoCommand for Renewal {
+    fn into_command(self) -> Command {
         Command::RenewAllowance(command::RenewAllowance {
             invoice_id: self.invoice_id,
             period_start: self.period_start,
@@ -67,8 +72,8 @@ pub struct TopUp {
     pub expires_at: Option<Instant>,
 }
 
-impl TopUp {
-    pub fn command(self) -> Command {
+impl IntoCommand for TopUp {
+    fn into_command(self) -> Command {
         Command::PurchaseTopUp(command::PurchaseTopUp {
             purchase_id: self.purchase_id,
             credits: self.credits,
@@ -85,8 +90,8 @@ pub struct Verification {
     pub registration_number: String,
 }
 
-impl Verification {
-    pub fn command(self) -> Command {
+impl IntoCommand for Verification {
+    fn into_command(self) -> Command {
         Command::SubmitBusinessVerification(command::SubmitBusinessVerification {
             company_name: self.company_name,
             country: self.country,
@@ -115,8 +120,8 @@ pub struct Grant {
     pub expires_at: Option<Instant>,
 }
 
-impl Grant {
-    pub fn command(self) -> Command {
+impl IntoCommand for Grant {
+    fn into_command(self) -> Command {
         Command::AddGrant(command::AddGrant {
             grant_id: self.grant_id,
             credits: self.credits,
@@ -177,8 +182,8 @@ pub struct Charge {
     pub via: Option<Via>,
 }
 
-impl Charge {
-    pub fn command(self) -> Command {
+impl IntoCommand for Charge {
+    fn into_command(self) -> Command {
         Command::Charge(command::Charge {
             charge_id: self.charge_id,
             run_id: self.run_id,
@@ -210,8 +215,8 @@ pub struct Hold {
     pub via: Option<Via>,
 }
 
-impl Hold {
-    pub fn command(self) -> Command {
+impl IntoCommand for Hold {
+    fn into_command(self) -> Command {
         Command::PlaceHold(command::PlaceHold {
             hold_id: self.hold_id,
             run_id: self.run_id,

@@ -23,6 +23,7 @@ use ledger_domain::events::Via;
 use ledger_domain::{Command, Rejection};
 use serde_json::{json, Value};
 
+use self::dto::IntoCommand;
 use self::error::ApiError;
 use self::extract::{AccountId, Caller, JsonBody, QueryParams, BODY_LIMIT_BYTES};
 use crate::ledger::{Ledger, Outcome};
@@ -104,9 +105,18 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/accounts", post(open_account))
         .route("/v1/accounts/{id}", get(get_account))
-        .route("/v1/accounts/{id}/subscription", post(change_subscription))
-        .route("/v1/accounts/{id}/renewals", post(renew))
-        .route("/v1/accounts/{id}/top-ups", post(top_up))
+        .route(
+            "/v1/accounts/{id}/subscription",
+            post(summary_route::<dto::Subscription, false>),
+        )
+        .route(
+            "/v1/accounts/{id}/renewals",
+            post(summary_route::<dto::Renewal, false>),
+        )
+        .route(
+            "/v1/accounts/{id}/top-ups",
+            post(summary_route::<dto::TopUp, true>),
+        )
         .route(
             "/v1/accounts/{id}/business-verification",
             post(submit_verification),
@@ -119,11 +129,17 @@ pub fn router(state: AppState) -> Router {
             "/v1/accounts/{id}/business-verification/reject",
             post(reject_verification),
         )
-        .route("/v1/accounts/{id}/grants", post(add_grant))
+        .route(
+            "/v1/accounts/{id}/grants",
+            post(summary_route::<dto::Grant, true>),
+        )
         .route("/v1/accounts/{id}/admission", post(admission))
-        .route("/v1/accounts/{id}/charges", post(charge))
+        .route(
+            "/v1/accounts/{id}/charges",
+            post(receipt_route::<dto::Charge>),
+        )
         .route("/v1/accounts/{id}/charges/{charge_id}/refund", post(refund))
-        .route("/v1/accounts/{id}/holds", post(place_hold))
+        .route("/v1/accounts/{id}/holds", post(receipt_route::<dto::Hold>))
         .route(
             "/v1/accounts/{id}/holds/{hold_id}/capture",
             post(capture_hold),
@@ -354,40 +370,15 @@ async fn summary_command(
     Ok((status, Json(app.summary(&id, &outcome))).into_response())
 }
 
-async fn change_subscription(
+/// A command endpoint that answers with the account summary: subscription and renewal
+/// (200), top-ups and grants (201, or 200 for a replay).
+async fn summary_route<B: dto::IntoCommand, const CREATED: bool>(
     State(app): State<AppState>,
     caller: Caller,
     AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::Subscription>,
+    JsonBody(body): JsonBody<B>,
 ) -> Result<Response, ApiError> {
-    summary_command(app, caller, id, body.command(), false).await
-}
-
-async fn renew(
-    State(app): State<AppState>,
-    caller: Caller,
-    AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::Renewal>,
-) -> Result<Response, ApiError> {
-    summary_command(app, caller, id, body.command(), false).await
-}
-
-async fn top_up(
-    State(app): State<AppState>,
-    caller: Caller,
-    AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::TopUp>,
-) -> Result<Response, ApiError> {
-    summary_command(app, caller, id, body.command(), true).await
-}
-
-async fn add_grant(
-    State(app): State<AppState>,
-    caller: Caller,
-    AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::Grant>,
-) -> Result<Response, ApiError> {
-    summary_command(app, caller, id, body.command(), true).await
+    summary_command(app, caller, id, body.into_command(), CREATED).await
 }
 
 fn verification_body(id: &str, outcome: &Outcome) -> Value {
@@ -404,7 +395,7 @@ async fn submit_verification(
     AccountId(id): AccountId,
     JsonBody(body): JsonBody<dto::Verification>,
 ) -> Result<Response, ApiError> {
-    let outcome = app.run(&id, body.command(), caller).await?;
+    let outcome = app.run(&id, body.into_command(), caller).await?;
     let status = if outcome.replayed {
         StatusCode::OK
     } else {
@@ -563,13 +554,15 @@ fn receipt_response(outcome: &Outcome, created: bool) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn charge(
+/// A command endpoint that answers with a receipt: charges and holds (201, or 200 for a
+/// replay).
+async fn receipt_route<B: dto::IntoCommand>(
     State(app): State<AppState>,
     caller: Caller,
     AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::Charge>,
+    JsonBody(body): JsonBody<B>,
 ) -> Result<Response, ApiError> {
-    let outcome = app.run(&id, body.command(), caller).await?;
+    let outcome = app.run(&id, body.into_command(), caller).await?;
     Ok(receipt_response(&outcome, true))
 }
 
@@ -586,16 +579,6 @@ async fn refund(
     };
     let outcome = app.run(&id, command, caller).await?;
     Ok(receipt_response(&outcome, false))
-}
-
-async fn place_hold(
-    State(app): State<AppState>,
-    caller: Caller,
-    AccountId(id): AccountId,
-    JsonBody(body): JsonBody<dto::Hold>,
-) -> Result<Response, ApiError> {
-    let outcome = app.run(&id, body.command(), caller).await?;
-    Ok(receipt_response(&outcome, true))
 }
 
 async fn capture_hold(
