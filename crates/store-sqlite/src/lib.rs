@@ -5,12 +5,19 @@
 //! - **One writer thread** owns the only write connection and is fed by a bounded channel. It
 //!   drains everything queued (up to [`MAX_BATCH`] appends) and commits it in one transaction
 //!   (group commit), so one `fsync` covers hundreds of appends; it waits briefly for the
-//!   writers it has just answered, so that they join the next group instead of missing it. Each append still succeeds or
-//!   fails on its own: versions are checked against a per-stream head cache before inserting,
-//!   and a multi-event append runs inside a SAVEPOINT so a conflict undoes only that append.
-//!   Callers are answered through a oneshot only after the COMMIT returned: an acknowledged
-//!   append is in the WAL and synced (`synchronous=FULL`), so it survives `kill -9`.
-//!   Checkpoints (copying the WAL into the file) run on a thread of their own.
+//!   writers it has just answered, so that they join the next group instead of missing it,
+//!   but a lone append is committed at once. Each append still succeeds or fails on its own:
+//!   versions are checked against the writer's cache of stream ids and last versions before
+//!   inserting, and an append of several statements (a batch, or a new stream's first
+//!   events) runs inside a SAVEPOINT so a refusal undoes only that append. Callers are
+//!   answered through a oneshot only after the COMMIT returned: an acknowledged append is in
+//!   the WAL and synced (`synchronous=FULL`), so it survives `kill -9`. Checkpoints (copying
+//!   the WAL into the file) run on a thread of their own.
+//! - **Layout**: events are keyed by position, with one compact index on
+//!   `(stream id, version)`; stream names are stored once, in a table of streams. A group
+//!   commit writes the events' pages one after the other plus one index leaf per stream it
+//!   touches, about half the pages of a layout keyed by names with an index of event ids
+//!   (see `schema.rs` for the measurements).
 //! - **Readers** use a small pool of read-only connections on blocking threads. In WAL mode
 //!   they read the last committed snapshot and never wait for the writer.
 //! - **Subscriptions** page through `read_all`, then wait for the writer's head notification
@@ -18,14 +25,28 @@
 //!   following the same file see new events live.
 //! - **Positions** are the table's rowid. A single write lock serialises transactions and
 //!   rowids grow within each one, so positions increase in commit order and a reader never
-//!   sees a smaller position appear after a larger one.
+//!   sees a smaller position appear after a larger one. Nothing is ever deleted, so a
+//!   committed position is never given to another event.
 //! - **Format**: `PRAGMA application_id` marks the file as a ledger store and
-//!   `PRAGMA user_version` holds [`FORMAT_VERSION`]. A file from a newer format is refused
-//!   with [`StoreError::Incompatible`] before anything in it is written.
+//!   `PRAGMA user_version` holds [`FORMAT_VERSION`]. A file from a newer format (or from
+//!   format 1, which was never deployed) is refused with [`StoreError::Incompatible`] before
+//!   anything in it is written.
 //!
-//! Idempotency and conflict rules are those of [`ledger_store::conformance`]; in addition,
-//! an append at the right version that reuses an event id stored anywhere else fails with
-//! [`StoreError::EventIdConflict`] (event ids are unique in the whole file).
+//! # Event ids
+//!
+//! Idempotency and conflict rules are exactly those of [`ledger_store::conformance`]: a
+//! retry is recognised by the events stored in the slots (versions) it aims for. Same id,
+//! type and payload in every slot: the stored outcome. The same id as the event in its slot
+//! with another type or payload: [`StoreError::EventIdConflict`]. Anything else at a version
+//! that is not the stream's: [`StoreError::WrongExpectedVersion`].
+//!
+//! Event ids are not unique in the file, and the store keeps no index of them: an id is only
+//! ever compared with the event in the slot an append aims for, so the same id in another
+//! stream, or at another version of its own stream, is stored like any other event. The
+//! ledger derives every event id from (stream, command, index), so ids of different streams
+//! do not collide, and a command already in its stream is found by the command handler,
+//! which decides on the stream's events before appending at its last version. An index of
+//! ids would cost every append a write to a random page, for a check nothing relies on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -82,16 +82,17 @@ fn from_sql(value: i64, column: usize) -> rusqlite::Result<u64> {
     u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
 }
 
-/// Decodes a row of `SELECT position, stream, version, event_id, event_type, payload`.
-fn recorded(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
-    let id: [u8; 16] = row.get(3)?;
+/// Decodes a row of `SELECT position, version, event_id, event_type, payload, ...` of
+/// `stream`.
+fn recorded(stream: String, row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    let id: [u8; 16] = row.get(2)?;
     Ok(RecordedEvent {
         position: from_sql(row.get(0)?, 0)?,
-        stream: row.get(1)?,
-        version: from_sql(row.get(2)?, 2)?,
+        stream,
+        version: from_sql(row.get(1)?, 1)?,
         event_id: Uuid::from_bytes(id),
-        event_type: row.get(4)?,
-        payload: row.get(5)?,
+        event_type: row.get(3)?,
+        payload: row.get(4)?,
     })
 }
 
@@ -101,13 +102,15 @@ pub(crate) fn read_stream(
     from_version: StreamVersion,
     limit: usize,
 ) -> rusqlite::Result<Vec<RecordedEvent>> {
+    // Through `events_by_stream`, then each event by its position.
     let mut statement = connection.prepare_cached(
-        "SELECT position, stream, version, event_id, event_type, payload FROM events
-         WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3",
+        "SELECT e.position, e.version, e.event_id, e.event_type, e.payload
+         FROM streams s CROSS JOIN events e ON e.stream_id = s.id
+         WHERE s.name = ?1 AND e.version >= ?2 ORDER BY e.version LIMIT ?3",
     )?;
     let rows = statement.query_map(
         rusqlite::params![stream, to_sql(from_version), to_sql(limit as u64)],
-        recorded,
+        |row| recorded(stream.to_owned(), row),
     )?;
     rows.collect()
 }
@@ -117,13 +120,17 @@ pub(crate) fn read_all(
     after: Option<GlobalPosition>,
     limit: usize,
 ) -> rusqlite::Result<Vec<RecordedEvent>> {
+    // A range of the table in position order, each event's stream name by its id.
     let mut statement = connection.prepare_cached(
-        "SELECT position, stream, version, event_id, event_type, payload FROM events
-         WHERE position > ?1 ORDER BY position LIMIT ?2",
+        "SELECT e.position, e.version, e.event_id, e.event_type, e.payload, s.name
+         FROM events e CROSS JOIN streams s ON s.id = e.stream_id
+         WHERE e.position > ?1 ORDER BY e.position LIMIT ?2",
     )?;
     // Positions start at 1, so "after nothing" is "after 0".
     let after = after.map_or(0, to_sql);
-    let rows = statement.query_map(rusqlite::params![after, to_sql(limit as u64)], recorded)?;
+    let rows = statement.query_map(rusqlite::params![after, to_sql(limit as u64)], |row| {
+        recorded(row.get(5)?, row)
+    })?;
     rows.collect()
 }
 

@@ -24,9 +24,10 @@
 //!     different type or payload, it fails with [`StoreError::EventIdConflict`] for that id;
 //!   - else it fails with [`StoreError::WrongExpectedVersion`].
 //!
-//!   Adapters that can see every stored id (SQLite) also refuse, with `EventIdConflict`, an
-//!   append at the right version that reuses an id stored anywhere else; EventStoreDB only
-//!   deduplicates within a stream, so the suite does not require it.
+//!   Ids are only compared with the events stored in the append's slots. The suite does not
+//!   require refusing an append at the right version that reuses an id stored elsewhere (in
+//!   another stream, or at another version): event ids derive from (stream, command, index),
+//!   EventStoreDB only deduplicates within a stream, and SQLite keeps no index of ids.
 //! - **Validation.** [`StoreError::Invalid`] for an empty batch, an empty stream name, a stream
 //!   name starting with `$` (reserved for EventStoreDB system streams) or containing control
 //!   characters, an empty event type, or the same event id twice in one batch. Reading an

@@ -1,4 +1,4 @@
-//! SQLite-specific behaviour beyond the shared suite: ids unique in the whole file, group
+//! SQLite-specific behaviour beyond the shared suite: which event ids are compared, group
 //! commit keeping appends independent, several writers on one file, read-only stores.
 
 use std::sync::Arc;
@@ -22,52 +22,66 @@ async fn a_new_file_is_an_empty_store() {
     store.close().await.unwrap();
 }
 
+/// An event id is compared only with the event stored in the slot an append aims for (the
+/// conformance rules): ids derive from (stream, command, index), so the store keeps no index
+/// of ids and the same id in another stream, or at another version, is not a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_ids_are_unique_in_the_whole_file() {
+async fn event_ids_are_compared_with_the_slots_an_append_aims_for() {
     let dir = temp_dir();
     let store = open(&dir.path().join("ids.db"));
     let first = stream_name();
     let stored = append_one(&store, &first, ExpectedVersion::NoStream).await;
 
-    // The same id (and content) as the first event of another stream.
+    // The same id (and content) as the first event of another stream: a new event there.
     let other = stream_name();
-    let reused = store
+    let copied = store
         .append(&other, ExpectedVersion::NoStream, vec![stored.clone()])
+        .await
+        .unwrap();
+    assert_eq!((copied.first_version, copied.last_version), (1, 1));
+
+    // A retry into the taken slot is recognised by the stored event alone, in either stream.
+    for stream in [&first, &other] {
+        let retried = store
+            .append(stream, ExpectedVersion::NoStream, vec![stored.clone()])
+            .await
+            .unwrap();
+        let in_stream = store.read_stream(stream, 1, 1).await.unwrap();
+        assert_eq!(retried.position, in_stream[0].position);
+    }
+    // The same id with other content in the taken slot is a conflict...
+    let mut changed = stored.clone();
+    changed.payload = br#"{"tag":"changed"}"#.to_vec();
+    let conflict = store
+        .append(&other, ExpectedVersion::NoStream, vec![changed.clone()])
         .await;
     assert!(
-        matches!(reused, Err(StoreError::EventIdConflict { event_id }) if event_id == stored.event_id),
-        "{reused:?}"
+        matches!(conflict, Err(StoreError::EventIdConflict { event_id }) if event_id == stored.event_id),
+        "{conflict:?}"
     );
-    // The same id again at the head of its own stream (a different slot).
-    let again = store
-        .append(&first, ExpectedVersion::Exact(1), vec![stored.clone()])
-        .await;
-    assert!(
-        matches!(again, Err(StoreError::EventIdConflict { .. })),
-        "{again:?}"
-    );
-    // A batch whose second event reuses the id: nothing of the batch is written.
-    let fresh = new_event("fresh");
+    // ... and at a free slot, it is simply the stream's next event.
+    let next = store
+        .append(&first, ExpectedVersion::Exact(1), vec![changed])
+        .await
+        .unwrap();
+    assert_eq!((next.first_version, next.last_version), (2, 2));
+
+    // A batch aiming at a taken slot and a free one is not a retry: nothing is written.
     let batch = store
         .append(
             &other,
             ExpectedVersion::NoStream,
-            vec![fresh.clone(), stored.clone()],
+            vec![stored.clone(), new_event("fresh")],
         )
         .await;
     assert!(
-        matches!(batch, Err(StoreError::EventIdConflict { .. })),
+        matches!(
+            batch,
+            Err(StoreError::WrongExpectedVersion { actual: 1, .. })
+        ),
         "{batch:?}"
     );
-    assert!(store.read_stream(&other, 1, 10).await.unwrap().is_empty());
-
-    // The refused appends left the writer's view of both streams intact.
-    let outcome = store
-        .append(&other, ExpectedVersion::NoStream, vec![fresh])
-        .await
-        .unwrap();
-    assert_eq!((outcome.first_version, outcome.last_version), (1, 1));
-    append_one(&store, &first, ExpectedVersion::Exact(1)).await;
+    assert_eq!(store.read_stream(&other, 1, 10).await.unwrap().len(), 1);
     assert_eq!(read_everything(&store).await.len(), 3);
     store.close().await.unwrap();
 }
@@ -78,101 +92,92 @@ async fn group_commit_keeps_appends_independent() {
     let dir = temp_dir();
     let store = Arc::new(open(&dir.path().join("group.db")));
     let taken = stream_name();
-    let stored = append_one(&store, &taken, ExpectedVersion::NoStream).await;
+    let stored = vec![new_event("taken-1"), new_event("taken-2")];
+    let original = store
+        .append(&taken, ExpectedVersion::NoStream, stored.clone())
+        .await
+        .unwrap();
 
     #[derive(Debug, Clone, Copy)]
     enum Kind {
         Fresh,
         WrongVersion,
-        ReusedId,
-        BatchWithReusedId,
+        Retry,
+        ConflictingRetry,
+        BatchOverTheHead,
         FreshBatch,
     }
     let kinds = [
         Kind::Fresh,
         Kind::WrongVersion,
-        Kind::ReusedId,
-        Kind::BatchWithReusedId,
+        Kind::Retry,
+        Kind::ConflictingRetry,
+        Kind::BatchOverTheHead,
         Kind::FreshBatch,
     ];
     let mut tasks = JoinSet::new();
-    for n in 0..400 {
+    for n in 0..420 {
         let kind = kinds[n % kinds.len()];
         let store = Arc::clone(&store);
         let stored = stored.clone();
         let taken = taken.clone();
         tasks.spawn(async move {
             let stream = stream_name();
-            let result = match kind {
-                Kind::Fresh => {
-                    store
-                        .append(&stream, ExpectedVersion::NoStream, vec![new_event("fresh")])
-                        .await
+            let (target, expected, events) = match kind {
+                Kind::Fresh => (stream, ExpectedVersion::NoStream, vec![new_event("fresh")]),
+                Kind::WrongVersion => (taken, ExpectedVersion::Exact(7), vec![new_event("wrong")]),
+                Kind::Retry => (taken, ExpectedVersion::NoStream, stored),
+                Kind::ConflictingRetry => {
+                    let mut changed = stored;
+                    changed[1].payload = format!(r#"{{"n":{n}}}"#).into_bytes();
+                    (taken, ExpectedVersion::NoStream, changed)
                 }
-                Kind::WrongVersion => {
-                    store
-                        .append(&taken, ExpectedVersion::Exact(7), vec![new_event("wrong")])
-                        .await
-                }
-                Kind::ReusedId => {
-                    store
-                        .append(&stream, ExpectedVersion::NoStream, vec![stored])
-                        .await
-                }
-                Kind::BatchWithReusedId => {
-                    store
-                        .append(
-                            &stream,
-                            ExpectedVersion::NoStream,
-                            vec![new_event("a"), new_event("b"), stored],
-                        )
-                        .await
-                }
-                Kind::FreshBatch => {
-                    store
-                        .append(
-                            &stream,
-                            ExpectedVersion::NoStream,
-                            vec![new_event("a"), new_event("b"), new_event("c")],
-                        )
-                        .await
-                }
+                Kind::BatchOverTheHead => (
+                    taken,
+                    ExpectedVersion::Exact(1),
+                    vec![stored[1].clone(), new_event("over")],
+                ),
+                Kind::FreshBatch => (
+                    stream,
+                    ExpectedVersion::NoStream,
+                    vec![new_event("a"), new_event("b"), new_event("c")],
+                ),
             };
-            let written = store.read_stream(&stream, 1, 10).await.unwrap().len();
+            let result = store.append(&target, expected, events).await;
+            let written = store.read_stream(&target, 1, 10).await.unwrap().len();
             (kind, result, written)
         });
     }
-    let mut written_total = 1;
+    let mut written_total = 2;
     while let Some(done) = tasks.join_next().await {
         let (kind, result, written) = done.unwrap();
         match kind {
             Kind::Fresh => {
                 assert_eq!(result.unwrap().last_version, 1);
                 assert_eq!(written, 1);
+                written_total += written;
             }
             Kind::FreshBatch => {
                 assert_eq!(result.unwrap().last_version, 3);
                 assert_eq!(written, 3);
+                written_total += written;
             }
-            Kind::WrongVersion => assert!(
+            Kind::Retry => assert_eq!(result.unwrap(), original),
+            Kind::WrongVersion | Kind::BatchOverTheHead => assert!(
                 matches!(
                     result,
-                    Err(StoreError::WrongExpectedVersion { actual: 1, .. })
+                    Err(StoreError::WrongExpectedVersion { actual: 2, .. })
                 ),
+                "{kind:?}: {result:?}"
+            ),
+            Kind::ConflictingRetry => assert!(
+                matches!(result, Err(StoreError::EventIdConflict { event_id }) if event_id == stored[1].event_id),
                 "{result:?}"
             ),
-            Kind::ReusedId | Kind::BatchWithReusedId => {
-                assert!(
-                    matches!(result, Err(StoreError::EventIdConflict { .. })),
-                    "{result:?}"
-                );
-                assert_eq!(written, 0, "a refused append left events behind");
-            }
         }
-        written_total += written;
     }
     assert_eq!(read_everything(&store).await.len(), written_total);
-    assert_eq!(store.read_stream(&taken, 1, 10).await.unwrap().len(), 1);
+    assert_eq!(store.read_stream(&taken, 1, 10).await.unwrap().len(), 2);
 }
 
 /// Identical retries racing each other (likely in one group commit) all get the same outcome,

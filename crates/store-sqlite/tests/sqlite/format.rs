@@ -145,6 +145,22 @@ async fn a_file_of_a_newer_format_is_refused_unchanged() {
     store.close().await.unwrap();
 }
 
+/// Format 1 (stream names in every event, ids unique in the whole file) was never deployed;
+/// this build neither reads nor migrates it, and says so without touching the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_an_older_unreadable_format_is_refused_unchanged() {
+    let dir = temp_dir();
+    let path = dir.path().join("older.db");
+    let store = open(&path);
+    append_one(&store, &stream_name(), ExpectedVersion::NoStream).await;
+    store.close().await.unwrap();
+    {
+        let connection = Connection::open(&path).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+    }
+    expect_refused(&path, &["format 1", "left unchanged"]);
+}
+
 #[test]
 fn another_applications_database_is_refused_unchanged() {
     let dir = temp_dir();
