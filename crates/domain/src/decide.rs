@@ -49,7 +49,7 @@ pub enum Reply {
     Ticked,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChargeReceipt {
     pub charge_id: String,
     pub cost: Credits,
@@ -58,7 +58,7 @@ pub struct ChargeReceipt {
     pub balance: Option<Credits>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RefundReceipt {
     pub charge_id: String,
     pub returned: Vec<Part>,
@@ -66,7 +66,7 @@ pub struct RefundReceipt {
     pub balance: Option<Credits>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HoldReceipt {
     pub hold_id: String,
     pub cost: Credits,
@@ -76,7 +76,7 @@ pub struct HoldReceipt {
     pub balance: Option<Credits>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HoldResolutionReceipt {
     pub hold_id: String,
     pub status: &'static str,
@@ -521,94 +521,116 @@ fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Event>, Option<
     (events, scratch)
 }
 
-fn refresh_due(core: &Core, now: Instant) -> Option<(Instant, Event)> {
-    let bucket = core.balance.allowance.as_ref()?;
-    let allowance = core.plan.plan_allowance?;
-    let scheduled = core.plan.tier == Tier::Free || core.plan.billing == Some(Billing::Annual);
-    if core.plan.unlimited || !scheduled || now < bucket.period_end {
-        return None;
-    }
-    let (start, mut end) = anniversary_period(core.plan.anchor_at, now);
-    let (period_start, period_end) = if core.plan.tier == Tier::Free {
-        (start, end)
-    } else {
-        // Annual plans refresh inside the paid year only; after it, billing renews.
-        if now >= core.plan.subscription_end {
-            return None;
-        }
-        end = end.min(core.plan.subscription_end);
-        (core.plan.subscription_start, core.plan.subscription_end)
-    };
-    let event = AllowanceRenewed {
-        source: RenewalSource::Anniversary,
-        invoice_id: None,
-        period_start,
-        period_end,
-        allowance_period_start: start,
-        allowance_period_end: end,
-        allowance: Some(allowance),
-        forfeited: bucket.remaining,
-    };
-    Some((bucket.period_end, event.into()))
+/// Something the passage of time will do to an account, and what it concerns.
+enum Due<'a> {
+    Refresh,
+    Hold(&'a Hold),
+    TopUp(&'a Lot),
+    Grant(&'a Lot),
+    WindowClose(&'a str),
 }
 
+/// When the allowance of a free or annual account is refreshed on its anniversary, if it is
+/// (as seen at `now`): annual plans refresh inside the paid year only; after it, billing renews.
+fn refresh_due_at(plan: &PlanState, balance: &Balance, now: Instant) -> Option<Instant> {
+    let bucket = balance.allowance.as_ref()?;
+    let scheduled = plan.tier == Tier::Free || plan.billing == Some(Billing::Annual);
+    let in_paid_year = plan.tier == Tier::Free || now < plan.subscription_end;
+    (scheduled && in_paid_year && !plan.unlimited && plan.plan_allowance.is_some())
+        .then_some(bucket.period_end)
+}
+
+/// Every pending item of housekeeping and the instant it falls due, in the order ties are
+/// taken: refresh, hold timeouts, top-up and grant expiries, window closes.
+fn due_items<'a>(
+    plan: &'a PlanState,
+    balance: &'a Balance,
+    trials: &'a Trials,
+    now: Instant,
+) -> impl Iterator<Item = (Instant, Due<'a>)> {
+    let refresh = refresh_due_at(plan, balance, now).map(|at| (at, Due::Refresh));
+    let holds = balance
+        .open_holds
+        .values()
+        .map(|hold| (hold.placed.expires_at, Due::Hold(hold)));
+    let top_ups = balance
+        .top_ups
+        .iter()
+        .filter_map(|lot| lot.expires_at.map(|at| (at, Due::TopUp(lot))));
+    let grants = balance
+        .grants
+        .iter()
+        .filter_map(|lot| lot.expires_at.map(|at| (at, Due::Grant(lot))));
+    let windows = trials.models.iter().filter_map(|(model, trial)| {
+        let closes_at = trial.closes_at.filter(|_| !trial.closed)?;
+        Some((closes_at, Due::WindowClose(model.as_str())))
+    });
+    refresh
+        .into_iter()
+        .chain(holds)
+        .chain(top_ups)
+        .chain(grants)
+        .chain(windows)
+}
+
+/// The event of the earliest item due at or before `now`.
 fn next_due(core: &Core, now: Instant) -> Option<Event> {
-    let mut best: Option<(Instant, Event)> = refresh_due(core, now);
-    let mut consider = |at: Instant, make: &dyn Fn() -> Event| {
-        if at <= now && best.as_ref().is_none_or(|(best_at, _)| at < *best_at) {
-            best = Some((at, make()));
+    let (at, due) = due_items(&core.plan, &core.balance, &core.trials, now)
+        .filter(|(at, _)| *at <= now)
+        .min_by_key(|(at, _)| *at)?;
+    let event = match due {
+        Due::Refresh => {
+            let bucket = core.balance.allowance.as_ref()?;
+            let plan = &core.plan;
+            let (start, end) = anniversary_period(plan.anchor_at, now);
+            let (period_start, period_end, allowance_period_end) = if plan.tier == Tier::Free {
+                (start, end, end)
+            } else {
+                let paid_end = plan.subscription_end;
+                (plan.subscription_start, paid_end, end.min(paid_end))
+            };
+            AllowanceRenewed {
+                source: RenewalSource::Anniversary,
+                invoice_id: None,
+                period_start,
+                period_end,
+                allowance_period_start: start,
+                allowance_period_end,
+                allowance: plan.plan_allowance,
+                forfeited: bucket.remaining,
+            }
+            .into()
         }
-    };
-    for hold in core.balance.open_holds.values() {
-        let placed = &hold.placed;
-        consider(placed.expires_at, &|| {
-            let (returned, forfeited) =
-                classify_returns(core, &placed.earmarked, placed.expires_at, hold.version);
+        Due::Hold(hold) => {
+            let placed = &hold.placed;
+            let (returned, forfeited) = classify_returns(core, &placed.earmarked, at, hold.version);
             HoldExpired {
                 hold_id: placed.hold_id.clone(),
-                expired_at: placed.expires_at,
+                expired_at: at,
                 returned,
                 forfeited,
             }
             .into()
-        });
-    }
-    for lot in &core.balance.top_ups {
-        if let Some(expires_at) = lot.expires_at {
-            consider(expires_at, &|| {
-                TopUpExpired {
-                    purchase_id: lot.id.clone(),
-                    expired_at: expires_at,
-                    forfeited: lot.remaining,
-                }
-                .into()
-            });
         }
-    }
-    for lot in &core.balance.grants {
-        if let Some(expires_at) = lot.expires_at {
-            consider(expires_at, &|| {
-                GrantExpired {
-                    grant_id: lot.id.clone(),
-                    expired_at: expires_at,
-                    forfeited: lot.remaining,
-                }
-                .into()
-            });
+        Due::TopUp(lot) => TopUpExpired {
+            purchase_id: lot.id.clone(),
+            expired_at: at,
+            forfeited: lot.remaining,
         }
-    }
-    for (model, trial) in &core.trials.models {
-        if let (Some(closes_at), false) = (trial.closes_at, trial.closed) {
-            consider(closes_at, &|| {
-                TrialWindowClosed {
-                    model: model.clone(),
-                    closed_at: closes_at,
-                }
-                .into()
-            });
+        .into(),
+        Due::Grant(lot) => GrantExpired {
+            grant_id: lot.id.clone(),
+            expired_at: at,
+            forfeited: lot.remaining,
         }
-    }
-    best.map(|(_, event)| event)
+        .into(),
+        Due::WindowClose(model) => TrialWindowClosed {
+            model: model.to_string(),
+            closed_at: at,
+        }
+        .into(),
+    };
+    Some(event)
 }
 
 struct Ctx<'a> {
@@ -1352,37 +1374,17 @@ fn split_parts(earmarked: &[Part], cost: Credits) -> (Vec<Part>, Vec<Part>) {
     (drawn, rest)
 }
 
-/// When the scheduler next has something to do for this account: a refresh, an expiry, a
-/// hold timeout or a window close. `None` when nothing is pending. A tick at that instant
-/// writes the due events; ticking earlier writes nothing.
-pub fn next_due_at(core: &Core) -> Option<Instant> {
-    let plan = &core.plan;
-    let balance = &core.balance;
-    let refresh = balance.allowance.as_ref().and_then(|bucket| {
-        let scheduled = plan.tier == Tier::Free || plan.billing == Some(Billing::Annual);
-        let in_paid_year = plan.tier == Tier::Free || bucket.period_end < plan.subscription_end;
-        (scheduled && in_paid_year && !plan.unlimited && plan.plan_allowance.is_some())
-            .then_some(bucket.period_end)
-    });
-    let holds = balance
-        .open_holds
-        .values()
-        .map(|hold| hold.placed.expires_at);
-    let lots = balance
-        .top_ups
-        .iter()
-        .chain(&balance.grants)
-        .filter_map(|lot| lot.expires_at);
-    let windows = core
-        .trials
-        .models
-        .values()
-        .filter(|trial| !trial.closed)
-        .filter_map(|trial| trial.closes_at);
-    refresh
-        .into_iter()
-        .chain(holds)
-        .chain(lots)
-        .chain(windows)
+/// When the scheduler next has something to do for this account, as seen at `now`: a
+/// refresh, an expiry, a hold timeout or a window close. `None` when nothing is pending. A
+/// tick at that instant writes the due events; ticking earlier writes nothing. Takes the
+/// three view rows, so the scheduler can ask the views without assembling a `Core`.
+pub fn next_due_at(
+    plan: &PlanState,
+    balance: &Balance,
+    trials: &Trials,
+    now: Instant,
+) -> Option<Instant> {
+    due_items(plan, balance, trials, now)
+        .map(|(at, _)| at)
         .min()
 }

@@ -1253,17 +1253,12 @@ fn every_error_code_maps_to_its_http_status() {
 
 #[test]
 fn the_scheduler_knows_when_an_account_next_has_something_due() {
-    use ledger_domain::decide::next_due_at;
     let given = given_account();
-    let core = given.account.core.as_ref().unwrap();
     // A free account: its anniversary.
-    assert_eq!(next_due_at(core), Some(at("2026-02-10T12:00:00Z")));
+    assert_eq!(due_at(&given.account, T0), Some(at("2026-02-10T12:00:00Z")));
     let mut given = given.ran(top_up_until("p1", 5, "2026-01-20T00:00:00Z"));
     given.run(hold("h1", "assistant-chat", None, None, Some("15m")));
-    assert_eq!(
-        next_due_at(given.account.core.as_ref().unwrap()),
-        Some(at("2026-01-10T12:15:00Z"))
-    );
+    assert_eq!(due_at(&given.account, T0), Some(at("2026-01-10T12:15:00Z")));
     // A monthly pro account with nothing else pending waits for billing.
     let given = given_account().ran(subscribe(
         Tier::Pro,
@@ -1272,8 +1267,34 @@ fn the_scheduler_knows_when_an_account_next_has_something_due() {
         "2026-02-10T12:00:00Z",
         "s",
     ));
-    assert_eq!(next_due_at(given.account.core.as_ref().unwrap()), None);
+    assert_eq!(due_at(&given.account, T0), None);
     // Ticking before it writes nothing; at it, the due events.
     let given = given_account().at("2026-02-10T11:59:59Z");
     assert!(given.when_ref(Command::Tick).then_events().is_empty());
+}
+
+/// When the scheduler, asking at `now`, next has something to do for the account.
+fn due_at(account: &ledger_domain::Account, now: &str) -> Option<ledger_domain::Instant> {
+    let core = account.core.as_ref().unwrap();
+    ledger_domain::decide::next_due_at(&core.plan, &core.balance, &core.trials, at(now))
+}
+
+#[test]
+fn a_lapsed_annual_plan_is_left_to_billing_not_ticked_again_and_again() {
+    let given = given_account().ran(subscribe(
+        Tier::Pro,
+        Some(Billing::Annual),
+        T0,
+        "2027-01-10T12:00:00Z",
+        "sub-a",
+    ));
+    assert_eq!(due_at(&given.account, T0), Some(at("2026-02-10T12:00:00Z")));
+    // Past the paid year with no renewal: a tick would write nothing, so nothing is due.
+    let late = "2027-02-01T00:00:00Z";
+    assert_eq!(due_at(&given.account, late), None);
+    assert!(given
+        .at(late)
+        .when_ref(Command::Tick)
+        .then_events()
+        .is_empty());
 }

@@ -69,8 +69,6 @@ pub struct Outcome {
     /// The account's core after the command, for answers that show the summary (receipts
     /// carry their own figures, so a charge does not pay for the copy).
     pub core: Option<Core>,
-    /// The stream version after the command.
-    pub version: u64,
     /// The events written.
     pub written: Vec<Envelope>,
 }
@@ -225,7 +223,6 @@ impl Ledger {
                     replayed: decision.replayed,
                     position,
                     core,
-                    version: cached.account.version,
                     written: Vec::new(),
                 });
             }
@@ -271,7 +268,6 @@ impl Ledger {
                         replayed: false,
                         position: Some(appended.position),
                         core,
-                        version: cached.account.version,
                         written,
                     });
                 }

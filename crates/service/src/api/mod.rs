@@ -16,9 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger_domain::admission::{admit, AccountView as AdmissionView};
-use ledger_domain::decide::{
-    ChargeReceipt, HoldReceipt, HoldResolutionReceipt, RefundReceipt, Reply,
-};
+use ledger_domain::decide::Reply;
 use ledger_domain::events::Via;
 use ledger_domain::{Command, Rejection};
 use serde_json::{json, Value};
@@ -481,71 +479,18 @@ async fn admission(
     }
 }
 
-fn charge_body(receipt: &ChargeReceipt, position: Option<u64>) -> Value {
-    with_position(
-        json!({
-            "charge_id": receipt.charge_id,
-            "cost": receipt.cost,
-            "paid_by": receipt.paid_by,
-            "drawn_from": receipt.drawn_from,
-            "balance": receipt.balance,
-        }),
-        position,
-    )
-}
-
-fn hold_body(receipt: &HoldReceipt, position: Option<u64>) -> Value {
-    with_position(
-        json!({
-            "hold_id": receipt.hold_id,
-            "cost": receipt.cost,
-            "paid_by": receipt.paid_by,
-            "earmarked": receipt.earmarked,
-            "expires_at": receipt.expires_at,
-            "balance": receipt.balance,
-        }),
-        position,
-    )
-}
-
-fn resolution_body(receipt: &HoldResolutionReceipt, position: Option<u64>) -> Value {
-    with_position(
-        json!({
-            "hold_id": receipt.hold_id,
-            "status": receipt.status,
-            "cost": receipt.cost,
-            "drawn_from": receipt.drawn_from,
-            "returned": receipt.returned,
-            "forfeited": receipt.forfeited,
-            "balance": receipt.balance,
-        }),
-        position,
-    )
-}
-
-fn refund_body(receipt: &RefundReceipt, position: Option<u64>) -> Value {
-    with_position(
-        json!({
-            "charge_id": receipt.charge_id,
-            "returned": receipt.returned,
-            "forfeited": receipt.forfeited,
-            "balance": receipt.balance,
-        }),
-        position,
-    )
-}
-
-/// Renders a receipt-shaped reply.
+/// Renders a receipt-shaped reply: the receipt's fields as the domain names them, plus
+/// `position`.
 fn receipt_response(outcome: &Outcome, created: bool) -> Response {
-    let body = match &outcome.reply {
-        Reply::Charged(receipt) => charge_body(receipt, outcome.position),
-        Reply::HoldPlaced(receipt) => hold_body(receipt, outcome.position),
-        Reply::HoldResolved(receipt) => resolution_body(receipt, outcome.position),
-        Reply::Refunded(receipt) => refund_body(receipt, outcome.position),
-        Reply::Summary { .. } | Reply::Verification { .. } | Reply::Ticked => {
-            json!({ "position": outcome.position })
-        }
+    let receipt = match &outcome.reply {
+        Reply::Charged(receipt) => serde_json::to_value(receipt),
+        Reply::HoldPlaced(receipt) => serde_json::to_value(receipt),
+        Reply::HoldResolved(receipt) => serde_json::to_value(receipt),
+        Reply::Refunded(receipt) => serde_json::to_value(receipt),
+        Reply::Summary { .. } | Reply::Verification { .. } | Reply::Ticked => Ok(json!({})),
     };
+    // Receipts are plain data: serialising them cannot fail.
+    let body = with_position(receipt.unwrap_or_else(|_| json!({})), outcome.position);
     let status = if created {
         created_or_replayed(outcome)
     } else {
