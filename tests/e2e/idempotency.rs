@@ -178,3 +178,87 @@ async fn billing_and_support_commands_are_idempotent_by_their_ids() {
         assert_eq!(of_type(&events, type_name).len(), expected, "{type_name}");
     }
 }
+
+#[tokio::test]
+async fn a_replay_answers_the_first_body_as_it_was_given_not_a_fresh_read() {
+    let server = Server::start().await;
+    let api = &server.api;
+    open(api, "i3").await;
+    let top = json!({"purchase_id": "pi_1", "credits": 700});
+    let first_top = api
+        .post(Role::Billing, "/v1/accounts/i3/top-ups", top.clone())
+        .await
+        .expect(201);
+    let sub = subscription("pro", Some("monthly"), "sub_1");
+    let first_sub = api
+        .post(Role::Billing, "/v1/accounts/i3/subscription", sub.clone())
+        .await
+        .expect(200);
+    // Things change after the first answers: a charge and a grant.
+    charge(
+        api,
+        "i3",
+        charge_body("c1", "flux-schnell", Some(("images", 5))),
+    )
+    .await
+    .expect(201);
+    api.post(
+        Role::Support,
+        "/v1/accounts/i3/grants",
+        json!({"grant_id": "g1", "credits": 50, "reason": "outage credit"}),
+    )
+    .await
+    .expect(201);
+    // The replays answer exactly the first bodies, position included.
+    let replayed_top = api
+        .post(Role::Billing, "/v1/accounts/i3/top-ups", top)
+        .await
+        .expect(200);
+    assert_eq!(replayed_top, first_top);
+    let replayed_sub = api
+        .post(Role::Billing, "/v1/accounts/i3/subscription", sub)
+        .await
+        .expect(200);
+    assert_eq!(replayed_sub, first_sub);
+    // And so after a restart, when the answer is rebuilt from the stream.
+    let stopped = server.stop().await;
+    let server = Server::start_in(stopped.dir, Options::default()).await;
+    let api = &server.api;
+    let rebuilt = api
+        .post(
+            Role::Billing,
+            "/v1/accounts/i3/top-ups",
+            json!({"purchase_id": "pi_1", "credits": 700}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(rebuilt, first_top);
+}
+
+#[tokio::test]
+async fn a_top_up_retried_without_the_expiry_it_was_sent_with_is_a_conflict() {
+    let server = Server::start().await;
+    let api = &server.api;
+    open(api, "i4").await;
+    let expires_at = from_now(3_600);
+    let with_expiry = json!({"purchase_id": "pi_1", "credits": 70, "expires_at": expires_at});
+    api.post(
+        Role::Billing,
+        "/v1/accounts/i4/top-ups",
+        with_expiry.clone(),
+    )
+    .await
+    .expect(201);
+    api.post(Role::Billing, "/v1/accounts/i4/top-ups", with_expiry)
+        .await
+        .expect(200);
+    api.post(
+        Role::Billing,
+        "/v1/accounts/i4/top-ups",
+        json!({"purchase_id": "pi_1", "credits": 70}),
+    )
+    .await
+    .expect_error(409, "IDEMPOTENCY_CONFLICT");
+    let events = all_events(api, "i4").await;
+    assert_eq!(of_type(&events, "top_up_purchased").len(), 1);
+}

@@ -11,6 +11,7 @@
 mod admission;
 mod cli;
 mod concurrency;
+mod contract;
 mod errors;
 mod idempotency;
 mod lifecycle;

@@ -134,6 +134,27 @@ impl Command {
 }
 
 impl Command {
+    /// Whether the command carries a caller-chosen id. Its replay answers with a record that
+    /// never changes once written, so a replay needs no fresher look at the stream.
+    pub fn has_caller_id(&self) -> bool {
+        match self {
+            Command::ChangeSubscription(_)
+            | Command::RenewAllowance(_)
+            | Command::PurchaseTopUp(_)
+            | Command::AddGrant(_)
+            | Command::Charge(_)
+            | Command::RefundCharge { .. }
+            | Command::PlaceHold(_)
+            | Command::CaptureHold(_)
+            | Command::ReleaseHold { .. } => true,
+            Command::OpenAccount
+            | Command::SubmitBusinessVerification(_)
+            | Command::ApproveBusinessVerification
+            | Command::RejectBusinessVerification { .. }
+            | Command::Tick => false,
+        }
+    }
+
     /// The id stored in the envelope and hashed into event ids: the caller's id where the
     /// command has one, so that a retried command maps to the same event ids.
     pub fn command_id(&self, now: Instant) -> String {

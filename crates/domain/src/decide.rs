@@ -28,6 +28,9 @@ pub struct Decision {
     pub reply: Reply,
     /// An idempotent retry: the first answer again, nothing to write.
     pub replayed: bool,
+    /// For a replay, the stream version of the event whose answer it repeats: the answer is
+    /// the account as of that version, at that event's time and position.
+    pub replay_of: Option<u64>,
 }
 
 /// The answer to a command.
@@ -93,14 +96,16 @@ impl Decision {
             events,
             reply,
             replayed: false,
+            replay_of: None,
         }
     }
 
-    fn replay(reply: Reply) -> Decision {
+    fn replay(reply: Reply, version: u64) -> Decision {
         Decision {
             events: Vec::new(),
             reply,
             replayed: true,
+            replay_of: Some(version),
         }
     }
 }
@@ -717,9 +722,9 @@ impl Ctx<'_> {
         (!self.core.plan.unlimited).then(|| self.core.available(self.now))
     }
 
-    fn summary_replay(&self, same: bool, id: &str) -> Result<Decision, Rejection> {
+    fn summary_replay(&self, same: bool, id: &str, version: u64) -> Result<Decision, Rejection> {
         if same {
-            Ok(Decision::replay(Reply::Summary { created: false }))
+            Ok(Decision::replay(Reply::Summary { created: false }, version))
         } else {
             Err(Rejection::IdempotencyConflict { id: id.to_string() })
         }
@@ -747,13 +752,14 @@ impl Ctx<'_> {
 
     fn change_subscription(&self, c: &ChangeSubscription) -> Result<Decision, Rejection> {
         check_id("reference", &c.reference)?;
-        if let Some(previous) = self.account.records.references.get(&c.reference) {
+        if let Some(recorded) = self.account.records.references.get(&c.reference) {
+            let previous = &recorded.event;
             let same = previous.to == c.tier
                 && previous.billing == c.billing
                 && previous.period_start == c.period_start
                 && previous.period_end == c.period_end
                 && (c.tier != Tier::Enterprise || previous.allowance == c.allowance);
-            return self.summary_replay(same, &c.reference);
+            return self.summary_replay(same, &c.reference, recorded.version);
         }
         check_period(c.period_start, c.period_end)?;
         if c.period_end <= self.now {
@@ -789,10 +795,8 @@ impl Ctx<'_> {
             });
         }
         let allowance = self.plan_allowance(c.tier, c.billing, custom)?;
-        let allowance_period_end = match c.billing {
-            Some(Billing::Annual) => add_months(c.period_start, 1).min(c.period_end),
-            _ => c.period_end,
-        };
+        let (allowance_period_start, allowance_period_end) =
+            subscription_window(c.tier, c.billing, c.period_start, c.period_end, self.now);
         let event = TierChanged {
             from: self.core.plan.tier,
             to: c.tier,
@@ -801,6 +805,7 @@ impl Ctx<'_> {
             reference: c.reference.clone(),
             period_start: c.period_start,
             period_end: c.period_end,
+            allowance_period_start,
             allowance_period_end,
             allowance,
             forfeited: self
@@ -818,10 +823,11 @@ impl Ctx<'_> {
 
     fn renew_allowance(&self, c: &RenewAllowance) -> Result<Decision, Rejection> {
         check_id("invoice_id", &c.invoice_id)?;
-        if let Some(previous) = self.account.records.invoices.get(&c.invoice_id) {
+        if let Some(recorded) = self.account.records.invoices.get(&c.invoice_id) {
+            let previous = &recorded.event;
             let same =
                 previous.period_start == c.period_start && previous.period_end == c.period_end;
-            return self.summary_replay(same, &c.invoice_id);
+            return self.summary_replay(same, &c.invoice_id, recorded.version);
         }
         check_period(c.period_start, c.period_end)?;
         if self.core.plan.tier == Tier::Free {
@@ -835,16 +841,21 @@ impl Ctx<'_> {
                 current_period_start: self.core.plan.subscription_start,
             });
         }
-        let allowance_period_end = match self.core.plan.billing {
-            Some(Billing::Annual) => add_months(c.period_start, 1).min(c.period_end),
-            _ => c.period_end,
-        };
+        // A late annual renewal lands in the window that contains its arrival, as a
+        // backdated subscription does.
+        let (allowance_period_start, allowance_period_end) = subscription_window(
+            self.core.plan.tier,
+            self.core.plan.billing,
+            c.period_start,
+            c.period_end,
+            self.now,
+        );
         let event = AllowanceRenewed {
             source: RenewalSource::Billing,
             invoice_id: Some(c.invoice_id.clone()),
             period_start: c.period_start,
             period_end: c.period_end,
-            allowance_period_start: c.period_start,
+            allowance_period_start,
             allowance_period_end,
             allowance: self.core.plan.plan_allowance,
             forfeited: self
@@ -862,13 +873,22 @@ impl Ctx<'_> {
 
     fn purchase_top_up(&self, c: &PurchaseTopUp) -> Result<Decision, Rejection> {
         check_id("purchase_id", &c.purchase_id)?;
-        if let Some(previous) = self.account.records.purchases.get(&c.purchase_id) {
-            let same = previous.credits.get() == c.credits
-                && c.expires_at.is_none_or(|at| at == previous.expires_at);
-            return self.summary_replay(same, &c.purchase_id).map(|mut d| {
-                d.reply = Reply::Summary { created: true };
-                d
-            });
+        if let Some(recorded) = self.account.records.purchases.get(&c.purchase_id) {
+            let previous = &recorded.event;
+            // Compared as sent: leaving out an `expires_at` that was sent, or sending one
+            // that was defaulted, is a different body. v1 events did not record which it was.
+            let same_expiry = match (previous.expires_at_requested, c.expires_at) {
+                (Some(true), Some(at)) | (None, Some(at)) => at == previous.expires_at,
+                (Some(true), None) | (Some(false), Some(_)) => false,
+                (Some(false), None) | (None, None) => true,
+            };
+            let same = previous.credits.get() == c.credits && same_expiry;
+            return self
+                .summary_replay(same, &c.purchase_id, recorded.version)
+                .map(|mut d| {
+                    d.reply = Reply::Summary { created: true };
+                    d
+                });
         }
         let credits = check_amount("credits", c.credits)?;
         let expires_at = match c.expires_at {
@@ -886,6 +906,7 @@ impl Ctx<'_> {
             purchase_id: c.purchase_id.clone(),
             credits,
             expires_at,
+            expires_at_requested: Some(c.expires_at.is_some()),
         };
         Ok(Decision::new(
             vec![event.into()],
@@ -895,14 +916,17 @@ impl Ctx<'_> {
 
     fn add_grant(&self, c: &AddGrant) -> Result<Decision, Rejection> {
         check_id("grant_id", &c.grant_id)?;
-        if let Some(previous) = self.account.records.grants.get(&c.grant_id) {
+        if let Some(recorded) = self.account.records.grants.get(&c.grant_id) {
+            let previous = &recorded.event;
             let same = previous.credits.get() == c.credits
                 && previous.reason == c.reason
                 && previous.expires_at == c.expires_at;
-            return self.summary_replay(same, &c.grant_id).map(|mut d| {
-                d.reply = Reply::Summary { created: true };
-                d
-            });
+            return self
+                .summary_replay(same, &c.grant_id, recorded.version)
+                .map(|mut d| {
+                    d.reply = Reply::Summary { created: true };
+                    d
+                });
         }
         let credits = check_amount("credits", c.credits)?;
         check_text("reason", &c.reason)?;
@@ -933,7 +957,10 @@ impl Ctx<'_> {
         match &self.core.plan.verification {
             Verification::Pending(current) | Verification::Approved(current) => {
                 if *current == submission {
-                    Ok(Decision::replay(Reply::Verification { submitted: true }))
+                    Ok(Decision::replay(
+                        Reply::Verification { submitted: true },
+                        self.account.records.verification_submitted_version,
+                    ))
                 } else {
                     Err(Rejection::IdempotencyConflict {
                         id: format!(
@@ -956,9 +983,10 @@ impl Ctx<'_> {
                 vec![BusinessVerificationApproved {}.into()],
                 Reply::Verification { submitted: false },
             )),
-            Verification::Approved(_) => {
-                Ok(Decision::replay(Reply::Verification { submitted: false }))
-            }
+            Verification::Approved(_) => Ok(Decision::replay(
+                Reply::Verification { submitted: false },
+                self.account.records.verification_decided_version,
+            )),
             Verification::Rejected(..) => Err(Rejection::IdempotencyConflict {
                 id: "business-verification (rejected)".into(),
             }),
@@ -979,9 +1007,10 @@ impl Ctx<'_> {
                 .into()],
                 Reply::Verification { submitted: false },
             )),
-            Verification::Rejected(_, previous) if previous == reason => {
-                Ok(Decision::replay(Reply::Verification { submitted: false }))
-            }
+            Verification::Rejected(_, previous) if previous == reason => Ok(Decision::replay(
+                Reply::Verification { submitted: false },
+                self.account.records.verification_decided_version,
+            )),
             Verification::Rejected(..) | Verification::Approved(_) => {
                 Err(Rejection::IdempotencyConflict {
                     id: format!(
@@ -1070,7 +1099,7 @@ impl Ctx<'_> {
                 && request_quantity(recorded.price_unit, recorded.quantity)
                     == (c.quantity.images, c.quantity.seconds);
             return if same {
-                Ok(Decision::replay(charge_receipt(recorded)))
+                Ok(Decision::replay(charge_receipt(recorded), record.version))
             } else {
                 Err(Rejection::IdempotencyConflict {
                     id: c.charge_id.clone(),
@@ -1111,14 +1140,18 @@ impl Ctx<'_> {
                     what: "charge",
                     id: charge_id.to_string(),
                 })?;
-        if let Some(refund) = &record.refund {
+        if let Some(recorded) = &record.refund {
+            let refund = &recorded.event;
             return if refund.reason == reason {
-                Ok(Decision::replay(Reply::Refunded(RefundReceipt {
-                    charge_id: charge_id.to_string(),
-                    returned: refund.returned.clone(),
-                    forfeited: refund.forfeited.clone(),
-                    balance: refund.balance_after,
-                })))
+                Ok(Decision::replay(
+                    Reply::Refunded(RefundReceipt {
+                        charge_id: charge_id.to_string(),
+                        returned: refund.returned.clone(),
+                        forfeited: refund.forfeited.clone(),
+                        balance: refund.balance_after,
+                    }),
+                    recorded.version,
+                ))
             } else {
                 Err(Rejection::IdempotencyConflict {
                     id: charge_id.to_string(),
@@ -1153,7 +1186,7 @@ impl Ctx<'_> {
 
     /// A hold by id: open (and not yet due), or how it ended. A hold that fell due at or
     /// before `now` counts as expired even before its event is written.
-    fn find_hold(&self, hold_id: &str) -> Option<Result<&Hold, (&Hold, Option<&HoldResolution>)>> {
+    fn find_hold(&self, hold_id: &str) -> Option<Result<&Hold, (&Hold, Option<&ClosedHold>)>> {
         if let Some(hold) = self.core.balance.open_holds.get(hold_id) {
             return Some(Ok(hold));
         }
@@ -1164,7 +1197,7 @@ impl Ctx<'_> {
             .records
             .closed_holds
             .get(hold_id)
-            .map(|closed| Err((&closed.0, Some(&closed.1))))
+            .map(|closed| Err((&closed.hold, Some(&**closed))))
     }
 
     fn place_hold(&self, c: &PlaceHold) -> Result<Decision, Rejection> {
@@ -1183,7 +1216,7 @@ impl Ctx<'_> {
                 && request_quantity(placed.price_unit, placed.quantity)
                     == (c.quantity.images, c.quantity.seconds);
             return if same {
-                Ok(Decision::replay(hold_receipt(placed)))
+                Ok(Decision::replay(hold_receipt(placed), hold.version))
             } else {
                 Err(Rejection::IdempotencyConflict {
                     id: c.hold_id.clone(),
@@ -1226,10 +1259,10 @@ impl Ctx<'_> {
         Ok(Decision::new(events, reply))
     }
 
-    fn closed(hold_id: &str, resolution: Option<&HoldResolution>) -> Rejection {
+    fn closed(hold_id: &str, closed: Option<&ClosedHold>) -> Rejection {
         Rejection::HoldClosed {
             hold_id: hold_id.to_string(),
-            status: resolution.map_or("expired", HoldResolution::status),
+            status: closed.map_or("expired", |closed| closed.resolution.status()),
         }
     }
 
@@ -1243,15 +1276,19 @@ impl Ctx<'_> {
             })?;
         let hold = match found {
             Ok(hold) => hold,
-            Err((hold, resolution)) => {
+            Err((hold, closed)) => {
                 let wanted = capture_quantity(&hold.placed, c.quantity);
-                return match resolution {
-                    Some(resolution @ HoldResolution::Captured(captured))
-                        if wanted == Ok(captured.quantity) =>
-                    {
-                        Ok(Decision::replay(resolution_receipt(resolution)))
-                    }
-                    _ => Err(Self::closed(&c.hold_id, resolution)),
+                return match closed {
+                    Some(
+                        closed @ ClosedHold {
+                            resolution: HoldResolution::Captured(captured),
+                            ..
+                        },
+                    ) if wanted == Ok(captured.quantity) => Ok(Decision::replay(
+                        resolution_receipt(&closed.resolution),
+                        closed.version,
+                    )),
+                    _ => Err(Self::closed(&c.hold_id, closed)),
                 };
             }
         };
@@ -1300,10 +1337,21 @@ impl Ctx<'_> {
         })?;
         let hold = match found {
             Ok(hold) => hold,
-            Err((_, Some(resolution @ HoldResolution::Released(_)))) => {
-                return Ok(Decision::replay(resolution_receipt(resolution)))
+            Err((
+                _,
+                Some(
+                    closed @ ClosedHold {
+                        resolution: HoldResolution::Released(_),
+                        ..
+                    },
+                ),
+            )) => {
+                return Ok(Decision::replay(
+                    resolution_receipt(&closed.resolution),
+                    closed.version,
+                ))
             }
-            Err((_, resolution)) => return Err(Self::closed(hold_id, resolution)),
+            Err((_, closed)) => return Err(Self::closed(hold_id, closed)),
         };
         let (returned, forfeited) =
             classify_returns(self.core, &hold.placed.earmarked, self.now, hold.version);
@@ -1316,6 +1364,34 @@ impl Ctx<'_> {
         };
         let reply = resolution_receipt(&HoldResolution::Released(released.clone()));
         Ok(Decision::new(vec![released.into()], reply))
+    }
+}
+
+/// The allowance window a subscription change starts in. Free and annual plans refresh on
+/// the monthly anniversaries of `period_start`, so a backdated one (an annual year that began
+/// months ago) lands straight in the anniversary window that contains `now`, with that
+/// window's full allowance; no refresh for an earlier window is ever written. Monthly paid
+/// plans have one window: the billed period.
+fn subscription_window(
+    tier: Tier,
+    billing: Option<Billing>,
+    period_start: Instant,
+    period_end: Instant,
+    now: Instant,
+) -> (Instant, Instant) {
+    let monthly_anniversaries = tier == Tier::Free || billing == Some(Billing::Annual);
+    if !monthly_anniversaries {
+        return (period_start, period_end);
+    }
+    let (start, end) = if now <= period_start {
+        (period_start, add_months(period_start, 1))
+    } else {
+        anniversary_period(period_start, now)
+    };
+    if tier == Tier::Free {
+        (start, end)
+    } else {
+        (start, end.min(period_end))
     }
 }
 

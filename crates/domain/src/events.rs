@@ -97,6 +97,11 @@ pub struct TierChanged {
     /// The subscription period billing sent.
     pub period_start: Instant,
     pub period_end: Instant,
+    /// The allowance window this change starts in: for free and annual plans the monthly
+    /// anniversary window of `period_start` that contains the command's time, so a
+    /// backdated subscription starts with the current window's full allowance (v2; v1 events
+    /// read as `period_start`).
+    pub allowance_period_start: Instant,
     /// The allowance period this change starts (a month for annual plans).
     pub allowance_period_end: Instant,
     /// The new allowance; `None` means unlimited.
@@ -147,6 +152,10 @@ pub struct TopUpPurchased {
     pub purchase_id: String,
     pub credits: Credits,
     pub expires_at: Instant,
+    /// Whether the request carried `expires_at` (else it is the catalog's default after the
+    /// purchase), so a retry is compared with the body as it was sent (v2; `None` in events
+    /// upcast from v1, which did not record it).
+    pub expires_at_requested: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,12 +372,12 @@ macro_rules! events {
 
 events! {
     AccountOpened(AccountOpened) = "account_opened" v 1,
-    TierChanged(TierChanged) = "tier_changed" v 1,
+    TierChanged(TierChanged) = "tier_changed" v 2,
     BusinessVerificationSubmitted(BusinessVerificationSubmitted) = "business_verification_submitted" v 1,
     BusinessVerificationApproved(BusinessVerificationApproved) = "business_verification_approved" v 1,
     BusinessVerificationRejected(BusinessVerificationRejected) = "business_verification_rejected" v 1,
     AllowanceRenewed(AllowanceRenewed) = "allowance_renewed" v 1,
-    TopUpPurchased(TopUpPurchased) = "top_up_purchased" v 1,
+    TopUpPurchased(TopUpPurchased) = "top_up_purchased" v 2,
     TopUpExpired(TopUpExpired) = "top_up_expired" v 1,
     GrantAdded(GrantAdded) = "grant_added" v 1,
     GrantExpired(GrantExpired) = "grant_expired" v 1,

@@ -268,6 +268,10 @@ pub fn explain(
             totals: core.map_or_else(Totals::default, |core| core.balance.totals),
         });
     }
+    // Every deadline due by `at` applies at `at`, written yet or not (hold timeouts, lot and
+    // grant expiries, window closes, anniversary refreshes), so the answer for `at` never
+    // changes once the scheduler catches up.
+    let (due, account) = due_at(account, catalog, at);
     let core = account.core.as_ref();
     Explanation {
         account_id: account_id.to_string(),
@@ -279,7 +283,7 @@ pub fn explain(
         scope: core.map(|core| core.plan.scope),
         business_verification: core.map(|core| core.plan.verification.status()),
         balance: balance_at(core, at),
-        due: due_at(&account, catalog, at),
+        due,
         models: catalog
             .models()
             .iter()
@@ -514,20 +518,20 @@ fn balance_at(core: Option<&Core>, at: Instant) -> BalanceAt {
 }
 
 /// The housekeeping a command at `at` would record first, found by asking `decide` for a
-/// tick: the same rules, not a second copy of them. Folded on a scratch copy only.
-fn due_at(account: &Account, catalog: &Catalog, at: Instant) -> Vec<DueEntry> {
+/// tick: the same rules, not a second copy of them. Returns the entries and the account
+/// with them applied.
+fn due_at(mut account: Account, catalog: &Catalog, at: Instant) -> (Vec<DueEntry>, Account) {
     if !account.is_open() {
-        return Vec::new();
+        return (Vec::new(), account);
     }
-    let Ok(decision) = decide(account, catalog, &Command::Tick, at) else {
-        return Vec::new();
+    let Ok(decision) = decide(&account, catalog, &Command::Tick, at) else {
+        return (Vec::new(), account);
     };
-    let mut scratch = account.clone();
-    decision
+    let due = decision
         .events
         .iter()
         .map(|event| {
-            let step = Step::apply(&mut scratch, event);
+            let step = Step::apply(&mut account, event);
             DueEntry {
                 type_name: event.type_name(),
                 summary: step.summary,
@@ -535,7 +539,8 @@ fn due_at(account: &Account, catalog: &Catalog, at: Instant) -> Vec<DueEntry> {
                 forfeited: step.forfeited,
             }
         })
-        .collect()
+        .collect();
+    (due, account)
 }
 
 fn model_access(account: &Account, model: &Model, at: Instant) -> ModelAccess {

@@ -206,11 +206,31 @@ pub type IdMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
 pub struct Records {
     /// Boxed: a hot account holds millions, and growing the map moves every entry.
     pub charges: IdMap<Box<ChargeRecord>>,
-    pub closed_holds: IdMap<Box<(Hold, HoldResolution)>>,
-    pub purchases: IdMap<TopUpPurchased>,
-    pub grants: IdMap<GrantAdded>,
-    pub invoices: IdMap<AllowanceRenewed>,
-    pub references: IdMap<TierChanged>,
+    pub closed_holds: IdMap<Box<ClosedHold>>,
+    pub purchases: IdMap<Recorded<TopUpPurchased>>,
+    pub grants: IdMap<Recorded<GrantAdded>>,
+    pub invoices: IdMap<Recorded<AllowanceRenewed>>,
+    pub references: IdMap<Recorded<TierChanged>>,
+    /// Stream versions of the latest verification events, so that a repeated submission or
+    /// decision answers as it first did.
+    pub verification_submitted_version: u64,
+    pub verification_decided_version: u64,
+}
+
+/// An event kept for idempotency, with the stream version it was written at: a replay
+/// answers as of that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded<T> {
+    pub event: T,
+    pub version: u64,
+}
+
+/// A resolved hold: how it was placed, how it ended, and the version of the ending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedHold {
+    pub hold: Hold,
+    pub resolution: HoldResolution,
+    pub version: u64,
 }
 
 /// A charge and, once refunded, its refund.
@@ -219,7 +239,7 @@ pub struct ChargeRecord {
     pub charge: CreditsCharged,
     /// The stream version of `credits_charged`.
     pub version: u64,
-    pub refund: Option<Box<ChargeRefunded>>,
+    pub refund: Option<Box<Recorded<ChargeRefunded>>>,
 }
 
 /// One account, folded from its stream.
@@ -457,7 +477,7 @@ impl Balance {
         match event {
             Event::AccountOpened(data) => *self = Balance::opened(data),
             Event::TierChanged(data) => self.set_allowance(
-                data.period_start,
+                data.allowance_period_start,
                 data.allowance_period_end,
                 data.allowance,
                 data.forfeited,
@@ -717,18 +737,46 @@ fn resolved_hold_id(event: &Event) -> Option<&str> {
 fn evolve_records(records: &mut Records, closing: Option<Hold>, event: Event, version: u64) {
     match event {
         Event::TierChanged(data) => {
-            records.references.insert(data.reference.clone(), data);
+            records.references.insert(
+                data.reference.clone(),
+                Recorded {
+                    event: data,
+                    version,
+                },
+            );
         }
         Event::AllowanceRenewed(data) => {
             if let Some(invoice_id) = data.invoice_id.clone() {
-                records.invoices.insert(invoice_id, data);
+                records.invoices.insert(
+                    invoice_id,
+                    Recorded {
+                        event: data,
+                        version,
+                    },
+                );
             }
         }
         Event::TopUpPurchased(data) => {
-            records.purchases.insert(data.purchase_id.clone(), data);
+            records.purchases.insert(
+                data.purchase_id.clone(),
+                Recorded {
+                    event: data,
+                    version,
+                },
+            );
         }
         Event::GrantAdded(data) => {
-            records.grants.insert(data.grant_id.clone(), data);
+            records.grants.insert(
+                data.grant_id.clone(),
+                Recorded {
+                    event: data,
+                    version,
+                },
+            );
+        }
+        Event::BusinessVerificationSubmitted(_) => records.verification_submitted_version = version,
+        Event::BusinessVerificationApproved(_) | Event::BusinessVerificationRejected(_) => {
+            records.verification_decided_version = version
         }
         Event::CreditsCharged(data) => {
             records.charges.insert(
@@ -742,21 +790,40 @@ fn evolve_records(records: &mut Records, closing: Option<Hold>, event: Event, ve
         }
         Event::ChargeRefunded(data) => {
             if let Some(record) = records.charges.get_mut(&data.charge_id) {
-                record.refund = Some(Box::new(data));
+                record.refund = Some(Box::new(Recorded {
+                    event: data,
+                    version,
+                }));
             }
         }
-        Event::HoldCaptured(data) => close_hold(records, closing, HoldResolution::Captured(data)),
-        Event::HoldReleased(data) => close_hold(records, closing, HoldResolution::Released(data)),
-        Event::HoldExpired(data) => close_hold(records, closing, HoldResolution::Expired(data)),
+        Event::HoldCaptured(data) => {
+            close_hold(records, closing, HoldResolution::Captured(data), version)
+        }
+        Event::HoldReleased(data) => {
+            close_hold(records, closing, HoldResolution::Released(data), version)
+        }
+        Event::HoldExpired(data) => {
+            close_hold(records, closing, HoldResolution::Expired(data), version)
+        }
         _ => {}
     }
 }
 
 /// Keeps a resolved hold, so that a late retry of its capture still gets its first answer.
-fn close_hold(records: &mut Records, closing: Option<Hold>, resolution: HoldResolution) {
+fn close_hold(
+    records: &mut Records,
+    closing: Option<Hold>,
+    resolution: HoldResolution,
+    version: u64,
+) {
     if let Some(hold) = closing {
-        records
-            .closed_holds
-            .insert(hold.placed.hold_id.clone(), Box::new((hold, resolution)));
+        records.closed_holds.insert(
+            hold.placed.hold_id.clone(),
+            Box::new(ClosedHold {
+                hold,
+                resolution,
+                version,
+            }),
+        );
     }
 }

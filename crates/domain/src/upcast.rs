@@ -37,12 +37,45 @@ pub fn decode_event(
 fn upcast_once(type_name: &str, version: u32, value: Value) -> Result<Value, DecodeError> {
     match (type_name, version) {
         ("credits_charged", 1) => credits_charged_v1_to_v2(value),
+        ("tier_changed", 1) => add_field(value, "tier_changed", "allowance_period_start", |data| {
+            // v1 started every allowance window at the subscription's own start.
+            data.get("period_start").cloned().unwrap_or(Value::Null)
+        }),
+        ("top_up_purchased", 1) => {
+            // v1 did not record whether `expires_at` was sent: unknown.
+            add_field(value, "top_up_purchased", "expires_at_requested", |_| {
+                Value::Null
+            })
+        }
         _ => Err(DecodeError::UnknownVersion {
             type_name: type_name.to_string(),
             version,
             current: Event::current_schema_version(type_name).unwrap_or(0),
         }),
     }
+}
+
+/// Adds one field a newer version introduced, computed from the old data. A payload that
+/// already carries it is not of the old version: refuse it rather than overwrite it.
+fn add_field(
+    mut value: Value,
+    type_name: &'static str,
+    field: &str,
+    compute: impl FnOnce(&serde_json::Map<String, Value>) -> Value,
+) -> Result<Value, DecodeError> {
+    let object = value.as_object_mut().ok_or_else(|| DecodeError::Data {
+        type_name,
+        message: "old data is not an object".into(),
+    })?;
+    if object.contains_key(field) {
+        return Err(DecodeError::Data {
+            type_name,
+            message: format!("old data must not carry the newer field {field}"),
+        });
+    }
+    let added = compute(object);
+    object.insert(field.into(), added);
+    Ok(value)
 }
 
 /// v1 predates trials, API runs and the balance in the receipt: every v1 charge was an app

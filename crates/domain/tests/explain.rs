@@ -400,21 +400,55 @@ fn the_balance_as_of_t_ignores_later_events_and_does_not_change_when_asked_later
 }
 
 #[test]
+fn explain_as_of_t_applies_hold_timeouts_due_by_t() {
+    // Given a hold of 10 credits with a 1 s ttl and no scheduler run since
+    let history = History::opened().ran(Command::PlaceHold(PlaceHold {
+        hold_id: "h1".into(),
+        run_id: "r1".into(),
+        node_id: "n1".into(),
+        model: "flux-schnell".into(),
+        quantity: Quantity {
+            images: Some(5),
+            seconds: None,
+        },
+        via: Via::App,
+        ttl: Some("1s".parse().expect("ttl")),
+    }));
+    let hold_placed_at = history.now;
+    let held = history.explain_at("2026-01-10T12:00:00.5Z");
+    assert_eq!(held.balance.held, credits(10));
+    assert_eq!(held.balance.total, credits(490));
+    // When explained at its expiry, before the scheduler wrote hold_expired
+    let at_expiry = history.explain_at("2026-01-10T12:00:01Z");
+    // Then the credits are back, the hold is gone, and the answer is what it will be later
+    assert_eq!(at_expiry.balance.held, credits(0));
+    assert!(at_expiry.balance.holds.is_empty());
+    assert_eq!(at_expiry.balance.total, credits(500));
+    assert_eq!(at_expiry.due.len(), 1);
+    assert_eq!(at_expiry.due[0].type_name, "hold_expired");
+    let ticked = history.at("2026-01-10T12:00:05Z").ran(Command::Tick);
+    let later = ticked.explain_at("2026-01-10T12:00:01Z");
+    assert_eq!(later.balance, at_expiry.balance);
+    assert_eq!(later.due, at_expiry.due);
+    assert!(hold_placed_at < at("2026-01-10T12:00:01Z"));
+}
+
+#[test]
 fn a_top_up_past_its_expiry_is_not_live_even_without_its_expiry_event() {
     // Given a top-up that expires on Jan 20 and no command since
     let history = History::opened().ran(top_up("p1", 100, Some("2026-01-20T00:00:00Z")));
     // When the account is explained just before and at the expiry
     let before = history.explain_at("2026-01-19T23:59:59Z");
     let after = history.explain_at("2026-01-20T00:00:00Z");
-    // Then the lot counts before and not from its expiry on, though no event recorded it
+    // Then the lot counts before and not from its expiry on, though no event recorded it:
+    // the expiry due by T applies at T, forfeiting the remainder
     assert!(before.balance.top_ups[0].live);
     assert_eq!(before.balance.total, credits(600));
     assert!(before.due.is_empty());
-    let lot = &after.balance.top_ups[0];
-    assert_eq!(lot.lot_id, "p1");
-    assert!(!lot.live);
-    assert_eq!(lot.remaining, credits(100));
+    assert!(after.balance.top_ups.is_empty(), "the lot expired at T");
     assert_eq!(after.balance.total, credits(500));
+    assert_eq!(after.balance.totals.forfeited, credits(100));
+    assert_eq!(after.balance.in_buckets, credits(500));
     assert!(after
         .timeline
         .iter()

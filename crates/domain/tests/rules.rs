@@ -984,6 +984,108 @@ fn billing_commands_are_idempotent_by_their_provider_ids() {
 }
 
 #[test]
+fn a_top_up_retry_is_compared_with_the_body_as_sent() {
+    // First sent without `expires_at`: a retry that sends the defaulted expiry is another body.
+    let given = given_account().ran(top_up("p1", 10));
+    let defaulted = "2026-04-10T12:00:00Z";
+    given.when_ref(top_up("p1", 10)).then_replayed();
+    given
+        .when_ref(top_up_until("p1", 10, defaulted))
+        .then_rejects("IDEMPOTENCY_CONFLICT");
+    // First sent with `expires_at`: leaving it out of the retry is another body.
+    let given = given_account().ran(top_up_until("p2", 10, "2026-03-01T00:00:00Z"));
+    given
+        .when_ref(top_up_until("p2", 10, "2026-03-01T00:00:00Z"))
+        .then_replayed();
+    given
+        .when_ref(top_up("p2", 10))
+        .then_rejects("IDEMPOTENCY_CONFLICT");
+}
+
+#[test]
+fn a_replay_names_the_version_whose_answer_it_repeats() {
+    let given = given_account()
+        .ran(top_up("p1", 10))
+        .ran(chat("c1"))
+        .ran(grant("g1", 5, None));
+    let then = given.when_ref(top_up("p1", 10));
+    then.then_replayed();
+    assert_eq!(then.outcome.as_ref().unwrap().replay_of, Some(2));
+    let then = given.when_ref(chat("c1"));
+    then.then_replayed();
+    assert_eq!(then.outcome.as_ref().unwrap().replay_of, Some(3));
+    let then = given.when_ref(chat("c2"));
+    assert_eq!(then.outcome.as_ref().unwrap().replay_of, None);
+}
+
+#[test]
+fn a_backdated_annual_subscription_lands_in_the_window_that_contains_its_time() {
+    // A paid year that began on Jan 31, subscribed to on Nov 27: the current anniversary
+    // window is Oct 31 .. Nov 30, with its full allowance and the annual bonus at once.
+    let mut given = given_account_at("2026-11-27T10:00:00Z");
+    given.run(subscribe(
+        Tier::Pro,
+        Some(Billing::Annual),
+        "2026-01-31T09:00:00Z",
+        "2027-01-31T09:00:00Z",
+        "sub-back",
+    ));
+    let core = given.account.core.clone().unwrap();
+    let allowance = core.balance.allowance.unwrap();
+    assert_eq!(allowance.period_start, at("2026-10-31T09:00:00Z"));
+    assert_eq!(allowance.period_end, at("2026-11-30T09:00:00Z"));
+    assert_eq!(allowance.remaining, credits(6_000));
+    assert_eq!(given.available(), 6_000);
+    // Nothing is due until the window ends: no phantom refresh of an earlier window.
+    given.run(chat("c1"));
+    given.now = at("2026-11-27T10:00:01Z");
+    let then = given.when_ref(Command::Tick);
+    assert!(then.then_events().is_empty(), "no refresh is due yet");
+    let then = given.at("2026-11-30T09:00:00Z").when(Command::Tick);
+    match &then.then_events()[0] {
+        Event::AllowanceRenewed(renewed) => {
+            assert_eq!(renewed.allowance_period_start, at("2026-11-30T09:00:00Z"));
+            assert_eq!(renewed.allowance_period_end, at("2026-12-31T09:00:00Z"));
+            assert_eq!(renewed.forfeited, credits(5_999));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_backdated_free_or_monthly_subscription_starts_with_its_windows_full_allowance() {
+    let mut given = given_account_at("2026-11-27T10:00:00Z");
+    given.run(subscribe(
+        Tier::Pro,
+        Some(Billing::Monthly),
+        "2026-11-01T00:00:00Z",
+        "2026-12-01T00:00:00Z",
+        "sub-m",
+    ));
+    assert_eq!(given.available(), 5_000);
+    given.run(subscribe(
+        Tier::Free,
+        None,
+        "2026-08-15T00:00:00Z",
+        "2026-12-15T00:00:00Z",
+        "sub-f",
+    ));
+    let allowance = given
+        .account
+        .core
+        .clone()
+        .unwrap()
+        .balance
+        .allowance
+        .unwrap();
+    assert_eq!(allowance.period_start, at("2026-11-15T00:00:00Z"));
+    assert_eq!(allowance.period_end, at("2026-12-15T00:00:00Z"));
+    assert_eq!(given.available(), 500);
+    let then = given.at("2026-11-27T10:00:01Z").when(Command::Tick);
+    assert!(then.then_events().is_empty(), "no refresh is due yet");
+}
+
+#[test]
 fn a_renewal_not_starting_after_the_current_period_is_stale() {
     let given = given_account()
         .ran(subscribe(

@@ -3,14 +3,14 @@
 //! A version conflict means another writer got there first: catch up and decide again, a
 //! bounded number of times. That is what keeps concurrent executors from overdrawing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use ledger_domain::decide::{decide, Reply};
+use ledger_domain::decide::{decide, Decision, Reply};
 use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, RawEnvelope, GENESIS_HASH};
 use ledger_domain::state::Core;
-use ledger_domain::{Account, Catalog, Command, Rejection};
-use ledger_store::{EventStore, ExpectedVersion, NewEvent, StoreError};
+use ledger_domain::{Account, Catalog, Command, Instant, Rejection};
+use ledger_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
@@ -24,6 +24,9 @@ const CONFLICT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_mill
 const CACHED_ACCOUNTS_MAX: usize = 100_000;
 /// Events read per page when loading a stream.
 const READ_PAGE: usize = 4_096;
+/// First answers of summary-answering commands kept per cached account; older ones are
+/// rebuilt from the stream when replayed.
+const FIRST_ANSWERS_MAX: usize = 16;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,23 +65,33 @@ impl CommandError {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub reply: Reply,
-    /// An idempotent retry: nothing was written.
+    /// An idempotent retry: nothing was written, and the answer is the first one.
     pub replayed: bool,
-    /// Global position of the stream's last event after the command.
+    /// Global position of the command's last event (for a replay, the first answer's).
     pub position: Option<u64>,
-    /// The account's core after the command, for answers that show the summary (receipts
-    /// carry their own figures, so a charge does not pay for the copy).
-    pub core: Option<Core>,
+    /// The account as the answer shows it, for answers that show the summary: right after
+    /// the command, or for a replay right after the first one (receipts carry their own
+    /// figures, so a charge does not pay for the copy).
+    pub core: Option<Arc<Core>>,
+    /// The instant the answer is as of: the command's time, or the first answer's.
+    pub at: Instant,
     /// The events written.
     pub written: Vec<Envelope>,
 }
 
-/// One account's cached state, with what is needed to continue its hash chain.
+/// One account's cached state, with what is needed to continue its hash chain and to answer
+/// replays without reading the store.
 #[derive(Debug)]
 struct Cached {
     account: Account,
     last_hash: String,
-    last_position: Option<u64>,
+    /// The global position of each event, by version - 1. Only the last event of a command
+    /// is ever looked up: its position is the command's answer.
+    positions: Vec<u64>,
+    /// The account right after recent summary-answering commands, by the version of their
+    /// event, with the instant they were answered at: what a replay shows again. Bounded;
+    /// a miss rebuilds the state from the stream.
+    first_answers: BTreeMap<u64, (Arc<Core>, Instant)>,
 }
 
 impl Cached {
@@ -86,7 +99,24 @@ impl Cached {
         Cached {
             account: Account::new(account_id),
             last_hash: GENESIS_HASH.to_string(),
-            last_position: None,
+            positions: Vec::new(),
+            first_answers: BTreeMap::new(),
+        }
+    }
+
+    fn last_position(&self) -> Option<u64> {
+        self.positions.last().copied()
+    }
+
+    fn position_of(&self, version: u64) -> Option<u64> {
+        let index = usize::try_from(version.checked_sub(1)?).ok()?;
+        self.positions.get(index).copied()
+    }
+
+    fn remember_answer(&mut self, version: u64, core: Arc<Core>, at: Instant) {
+        self.first_answers.insert(version, (core, at));
+        while self.first_answers.len() > FIRST_ANSWERS_MAX {
+            self.first_answers.pop_first();
         }
     }
 }
@@ -132,15 +162,6 @@ impl Ledger {
         self.clock.now()
     }
 
-    /// The global position of the event at `version` of `stream`.
-    async fn position_of(&self, stream: &str, version: u64) -> Result<Option<u64>, CommandError> {
-        let page = self.store.read_stream(stream, version, 1).await?;
-        Ok(page
-            .first()
-            .filter(|event| event.version == version)
-            .map(|event| event.position))
-    }
-
     fn slot(&self, account_id: &str) -> Slot {
         // A poisoned map only means another thread panicked mid-insert; the map itself is
         // still consistent, so keep serving.
@@ -158,36 +179,34 @@ impl Ledger {
             .clone()
     }
 
-    /// Reads whatever the stream has beyond the cached version.
-    async fn catch_up(&self, cached: &mut Cached) -> Result<(), CommandError> {
+    /// Reads whatever the stream has beyond the cached version. True when there was some:
+    /// the cache was behind the stream.
+    async fn catch_up(&self, cached: &mut Cached) -> Result<bool, CommandError> {
         let stream = stream_name(&cached.account.account_id);
-        loop {
-            let from = cached.account.version + 1;
-            let page = self.store.read_stream(&stream, from, READ_PAGE).await?;
-            let done = page.len() < READ_PAGE;
-            for recorded in page {
-                let corrupt = |message: String| CommandError::Corrupt {
-                    stream: stream.clone(),
-                    message,
-                };
-                if recorded.version != cached.account.version + 1 {
-                    return Err(corrupt(format!(
+        let before = cached.account.version;
+        let account = &mut cached.account;
+        let positions = &mut cached.positions;
+        let last_hash = &mut cached.last_hash;
+        read_stream_pages(
+            self.store.as_ref(),
+            &stream,
+            before + 1,
+            |recorded, raw, envelope| {
+                if recorded.version != account.version + 1 {
+                    return Err(format!(
                         "expected version {}, read {}",
-                        cached.account.version + 1,
+                        account.version + 1,
                         recorded.version
-                    )));
+                    ));
                 }
-                let raw = RawEnvelope::parse(&recorded.payload)
-                    .map_err(|err| corrupt(err.to_string()))?;
-                let envelope = raw.decode().map_err(|err| corrupt(err.to_string()))?;
-                cached.account.apply(envelope.event);
-                cached.last_hash = raw.hash;
-                cached.last_position = Some(recorded.position);
-            }
-            if done {
-                return Ok(());
-            }
-        }
+                account.apply(envelope.event);
+                *last_hash = raw.hash;
+                positions.push(recorded.position);
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(cached.account.version != before)
     }
 
     /// Runs `command` on `account_id` for `actor`.
@@ -203,28 +222,31 @@ impl Ledger {
             self.catch_up(&mut cached).await?;
         }
         let stream = stream_name(account_id);
+        let mut last_rejection = None;
         for attempt in 0..CONFLICT_ATTEMPTS_MAX {
             let now = self.clock.now();
-            let decision = decide(&cached.account, &self.catalog, command, now)?;
-            let wants_core = wants_core(&decision.reply);
+            let decision = match decide(&cached.account, &self.catalog, command, now) {
+                Ok(decision) => decision,
+                Err(rejection) => {
+                    // A refusal writes nothing, so no expected-version check would catch a
+                    // cache that another node left behind: look at the stream before
+                    // refusing, and decide again if it moved.
+                    if self.catch_up(&mut cached).await? {
+                        last_rejection = Some(rejection);
+                        continue;
+                    }
+                    return Err(rejection.into());
+                }
+            };
             if decision.events.is_empty() {
-                let core = wants_core.then(|| cached.account.core.clone()).flatten();
-                let position = match original_version(&cached.account, command)
-                    .filter(|_| decision.replayed)
-                {
-                    Some(version) => self
-                        .position_of(&stream, version)
-                        .await?
-                        .or(cached.last_position),
-                    None => cached.last_position,
-                };
-                return Ok(Outcome {
-                    reply: decision.reply,
-                    replayed: decision.replayed,
-                    position,
-                    core,
-                    written: Vec::new(),
-                });
+                // A replay of a command with a caller id answers with a record that never
+                // changes, so a stale cache answers it as well as a fresh one. Every other
+                // answer that writes nothing is checked against the stream first.
+                let settled = decision.replayed && command.has_caller_id();
+                if !settled && self.catch_up(&mut cached).await? {
+                    continue;
+                }
+                return self.answer_unwritten(&mut cached, decision, now).await;
             }
             let cause = Cause {
                 command_id: command.command_id(now),
@@ -258,16 +280,23 @@ impl Ledger {
                     for (mut envelope, _) in sealed {
                         cached.last_hash = envelope.hash.clone();
                         cached.account.evolve(&envelope.event);
+                        cached.positions.push(appended.position);
                         envelope.position = Some(appended.position);
                         written.push(envelope);
                     }
-                    cached.last_position = Some(appended.position);
-                    let core = wants_core.then(|| cached.account.core.clone()).flatten();
+                    let core = wants_core(&decision.reply)
+                        .then(|| cached.account.core.clone().map(Arc::new))
+                        .flatten();
+                    if let Some(core) = &core {
+                        let version = cached.account.version;
+                        cached.remember_answer(version, core.clone(), now);
+                    }
                     return Ok(Outcome {
                         reply: decision.reply,
                         replayed: false,
                         position: Some(appended.position),
                         core,
+                        at: now,
                         written,
                     });
                 }
@@ -298,6 +327,10 @@ impl Ledger {
                 }
             }
         }
+        if let Some(rejection) = last_rejection {
+            // The stream kept moving under a refusal: answer with the latest one decided.
+            return Err(rejection.into());
+        }
         warn!(
             account_id,
             "gave up after {CONFLICT_ATTEMPTS_MAX} conflicting appends"
@@ -307,39 +340,116 @@ impl Ledger {
         ))))
     }
 
+    /// The answer to a decision that writes nothing: a replay repeats the first answer, with
+    /// its position and the account as it was then; anything else answers from now.
+    async fn answer_unwritten(
+        &self,
+        cached: &mut Cached,
+        decision: Decision,
+        now: Instant,
+    ) -> Result<Outcome, CommandError> {
+        let wants_core = wants_core(&decision.reply);
+        let (position, core, at) = match decision.replay_of {
+            Some(version) => {
+                let position = cached.position_of(version);
+                let (core, at) = if wants_core {
+                    let (core, at) = self.answer_state(cached, version).await?;
+                    (Some(core), at)
+                } else {
+                    (None, now)
+                };
+                (position, core, at)
+            }
+            None => {
+                let core = wants_core
+                    .then(|| cached.account.core.clone().map(Arc::new))
+                    .flatten();
+                (cached.last_position(), core, now)
+            }
+        };
+        Ok(Outcome {
+            reply: decision.reply,
+            replayed: decision.replayed,
+            position,
+            core,
+            at,
+            written: Vec::new(),
+        })
+    }
+
+    /// The account right after its `version`-th event, and that event's time: what the first
+    /// answer of the command that wrote it showed. From memory when it is recent, else
+    /// rebuilt from the stream (the stream has it all).
+    async fn answer_state(
+        &self,
+        cached: &mut Cached,
+        version: u64,
+    ) -> Result<(Arc<Core>, Instant), CommandError> {
+        if let Some((core, at)) = cached.first_answers.get(&version) {
+            return Ok((core.clone(), *at));
+        }
+        let account_id = cached.account.account_id.clone();
+        let stream = stream_name(&account_id);
+        let mut account = Account::new(&account_id);
+        let mut at = None;
+        read_stream_pages(self.store.as_ref(), &stream, 1, |recorded, _, envelope| {
+            if recorded.version > version {
+                return Ok(false);
+            }
+            at = Some(envelope.occurred_at);
+            account.apply(envelope.event);
+            Ok(recorded.version < version)
+        })
+        .await?;
+        let (Some(core), Some(at)) = (account.core, at) else {
+            return Err(CommandError::Corrupt {
+                stream,
+                message: format!("version {version} is not in the stream"),
+            });
+        };
+        let core = Arc::new(core);
+        cached.remember_answer(version, core.clone(), at);
+        Ok((core, at))
+    }
+
     /// The account as the command side knows it, after catching up with the stream.
     pub async fn load(&self, account_id: &str) -> Result<(Account, Option<u64>), CommandError> {
         let slot = self.slot(account_id);
         let mut cached = slot.lock().await;
         self.catch_up(&mut cached).await?;
-        Ok((cached.account.clone(), cached.last_position))
+        Ok((cached.account.clone(), cached.last_position()))
     }
 }
 
-/// The stream version of the event whose answer an idempotent retry repeats, so the retry
-/// carries the first answer's position too.
-fn original_version(account: &Account, command: &Command) -> Option<u64> {
-    match command {
-        Command::Charge(charge) => account
-            .records
-            .charges
-            .get(&charge.charge_id)
-            .map(|record| record.version),
-        Command::PlaceHold(hold) => {
-            let open = account
-                .core
-                .as_ref()
-                .and_then(|core| core.balance.open_holds.get(&hold.hold_id))
-                .map(|open| open.version);
-            open.or_else(|| {
-                account
-                    .records
-                    .closed_holds
-                    .get(&hold.hold_id)
-                    .map(|closed| closed.0.version)
-            })
+/// Reads `stream` from `from_version` page by page, decoding each event once, and hands each
+/// to `visit` until it answers false or the stream ends. An `Err` from `visit` reports the
+/// stream as corrupt.
+async fn read_stream_pages(
+    store: &dyn EventStore,
+    stream: &str,
+    from_version: u64,
+    mut visit: impl FnMut(&RecordedEvent, RawEnvelope, Envelope) -> Result<bool, String>,
+) -> Result<(), CommandError> {
+    let corrupt = |message: String| CommandError::Corrupt {
+        stream: stream.to_string(),
+        message,
+    };
+    let mut from = from_version;
+    loop {
+        let page = store.read_stream(stream, from, READ_PAGE).await?;
+        let done = page.len() < READ_PAGE;
+        for recorded in &page {
+            let raw =
+                RawEnvelope::parse(&recorded.payload).map_err(|err| corrupt(err.to_string()))?;
+            let envelope = raw.decode().map_err(|err| corrupt(err.to_string()))?;
+            if !visit(recorded, raw, envelope).map_err(corrupt)? {
+                return Ok(());
+            }
+            from = recorded.version + 1;
         }
-        _ => None,
+        if done {
+            return Ok(());
+        }
     }
 }
 

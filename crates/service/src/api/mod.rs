@@ -274,7 +274,8 @@ impl AppState {
         Ok(result?)
     }
 
-    /// The summary after a command, from the state it decided on.
+    /// The summary after a command, from the state it decided on and as of the command's
+    /// time; for a replay, the first answer again.
     fn summary(&self, account_id: &str, outcome: &Outcome) -> Value {
         let Some(core) = &outcome.core else {
             return json!({ "account_id": account_id, "position": outcome.position });
@@ -285,7 +286,7 @@ impl AppState {
             &core.plan,
             &core.balance,
             &core.trials,
-            self.ledger.now(),
+            outcome.at,
             outcome.position,
         );
         serde_json::to_value(summary).unwrap_or(Value::Null)
