@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod audit;
 mod serve;
+mod store;
 mod views;
 
 // mimalloc: the domain allocates small strings on every command; the system allocator's

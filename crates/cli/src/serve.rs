@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store as store_target;
 use anyhow::{anyhow, Context};
 use ledger_domain::Catalog;
 use ledger_service::api::{router, AppState};
 use ledger_service::clock::SystemClock;
 use ledger_service::ledger::Ledger;
 use ledger_service::metrics::Metrics;
-use ledger_service::store::{self as store_target};
 use ledger_service::tokens::Tokens;
 use ledger_service::views::ReadModel;
 use ledger_store::EventStore;

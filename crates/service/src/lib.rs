@@ -8,7 +8,6 @@ pub mod clock;
 pub mod ledger;
 pub mod metrics;
 pub mod scheduler;
-pub mod store;
 pub mod summary;
 pub mod tokens;
 pub mod views;
