@@ -17,6 +17,9 @@ mod views;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Threads the async runtime may start for blocking work, at most.
+const BLOCKING_THREADS_MAX: usize = 32;
+
 #[derive(Debug, Parser)]
 #[command(name = "ledger", version, about = "The Knouds credit ledger")]
 struct Cli {
@@ -85,6 +88,10 @@ enum Commands {
         /// separate processes.
         #[arg(long, value_enum, default_value = "embedded")]
         projectors: ProjectorMode,
+        /// Run no scheduler in this process: in a cluster one `ledger schedule` (or one node)
+        /// turns time into events for everybody. Several schedulers are safe, only wasteful.
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Run projectors as a separate process.
     Project {
@@ -159,6 +166,9 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work (store reads, view loads) is bounded by its own pools; the cap keeps a
+        // burst from growing the process by hundreds of threads instead of queueing.
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
         .build()
     {
         Ok(runtime) => runtime,
@@ -185,7 +195,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             catalog,
             projectors,
-        } => serve::serve(store, listen, catalog, projectors).await,
+            no_scheduler,
+        } => serve::serve(store, listen, catalog, projectors, !no_scheduler).await,
         Commands::Project { store, view } => serve::project(store, view).await,
         Commands::Schedule { store, catalog } => serve::schedule(store, catalog).await,
         Commands::Explain {

@@ -131,6 +131,7 @@ pub async fn serve(
     listen: String,
     catalog: Option<PathBuf>,
     mode: ProjectorMode,
+    scheduler: bool,
 ) -> anyhow::Result<ExitCode> {
     init_tracing();
     let addr: SocketAddr = listen
@@ -168,7 +169,7 @@ pub async fn serve(
         ),
     };
     let mut tasks = background;
-    if mode == ProjectorMode::Embedded {
+    if mode == ProjectorMode::Embedded && scheduler {
         let scheduler = ledger_service::scheduler::run(
             ledger.clone(),
             read_model.clone(),

@@ -12,26 +12,34 @@ use uuid::Uuid;
 
 use crate::schema;
 
-/// Connections kept open between reads. More concurrent reads open extra connections that
-/// are closed afterwards; two cores gain nothing from a large pool.
-const MAX_IDLE: usize = 4;
+/// Read connections per store, at most. Every read waits for one of these instead of
+/// opening a connection of its own: a fresh connection parses the schema again and a burst of
+/// reads (a retry storm) would otherwise grow threads, open files and memory with the load.
+/// Two cores gain nothing from more.
+pub(crate) const READERS_MAX: usize = 4;
 
-/// Read-only connections to one file.
+/// Read-only connections to one file: a fixed number, each with its statement cache, so a
+/// statement is prepared once per connection and reused.
 #[derive(Debug)]
 pub(crate) struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per connection: a read holds one while it runs, so at most
+    /// `READERS_MAX` connections exist and at most as many blocking threads read at once.
+    permits: tokio::sync::Semaphore,
 }
 
 impl ReaderPool {
     pub(crate) fn new(path: PathBuf) -> Self {
         Self {
             path,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::with_capacity(READERS_MAX)),
+            permits: tokio::sync::Semaphore::new(READERS_MAX),
         }
     }
 
-    /// Runs `read` on a pooled connection on the calling thread.
+    /// Runs `read` on a pooled connection on the calling thread. Callers hold a permit, or
+    /// run before the store serves anyone (opening), so the pool never exceeds its size.
     pub(crate) fn with_connection<T>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -48,18 +56,24 @@ impl ReaderPool {
         };
         let result = read(&connection).map_err(|error| self.failed(error));
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
+        if idle.len() < READERS_MAX {
             idle.push(connection);
         }
         result
     }
 
-    /// Runs `read` on a pooled connection on a blocking thread.
+    /// Runs `read` on a pooled connection on a blocking thread, after waiting for a free
+    /// connection.
     pub(crate) async fn run<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("the readers closed: {error}")))?;
         let pool = std::sync::Arc::clone(self);
         tokio::task::spawn_blocking(move || pool.with_connection(read))
             .await
