@@ -214,6 +214,34 @@ async fn explain_and_audit_read_the_data_of_a_stopped_server() {
     );
 }
 
+#[tokio::test]
+async fn explain_refuses_an_at_later_than_now_with_one_line_and_a_non_zero_exit() {
+    let server = Server::start().await;
+    open(&server.api, "fa").await;
+    let stopped = server.stop().await;
+    let data = stopped.data();
+    let data = data.to_str().unwrap();
+    let scratch = stopped.dir.path();
+    let future = from_now(3_600);
+    let refused = ledger(
+        &["explain", "fa", "--data", data, "--json", "--at", &future],
+        scratch,
+    );
+    assert_one_line_failure(&refused, "later than now", "explain --at in the future");
+    assert!(refused.stdout.is_empty(), "no answer: {}", refused.stdout);
+    assert!(
+        refused.stderr.contains("--at"),
+        "names the flag: {}",
+        refused.stderr
+    );
+    let past = from_now(0);
+    let answered = ledger(
+        &["explain", "fa", "--data", data, "--json", "--at", &past],
+        scratch,
+    );
+    assert_eq!(answered.code, Some(0), "{}", answered.stderr);
+}
+
 #[test]
 fn unknown_flags_subcommands_and_flag_values_exit_non_zero_with_one_line() {
     let scratch = tempfile::tempdir().unwrap();

@@ -304,6 +304,35 @@ async fn explain_replays_the_timeline_and_the_balance_as_of_any_instant() {
 }
 
 #[tokio::test]
+async fn explain_refuses_an_at_later_than_now_with_400_invalid_request() {
+    let server = Server::start().await;
+    let api = &server.api;
+    open(api, "fx").await;
+    // The balance as of a later instant could still change, so no answer is given for it.
+    for ahead in [2, 3_600] {
+        let at = from_now(ahead);
+        let reply = api
+            .get(Role::Support, &format!("/v1/accounts/fx/explain?at={at}"))
+            .await;
+        reply.expect_error(400, "INVALID_REQUEST");
+        let message = reply.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("later than now"), "{message}");
+    }
+    // Refused before the account is looked up: the instant is wrong whoever asks.
+    api.get(
+        Role::Finance,
+        &format!("/v1/accounts/ghost/explain?at={}", from_now(3_600)),
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    // An instant that has passed still answers (taken after the account was opened).
+    let past = from_now(0);
+    api.get(Role::Finance, &format!("/v1/accounts/fx/explain?at={past}"))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
 async fn audit_export_is_ndjson_of_every_account_in_global_order() {
     let server = Server::start().await;
     let api = &server.api;

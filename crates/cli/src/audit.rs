@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use ledger_domain::explain::render_text;
 use ledger_domain::{Catalog, Instant};
@@ -30,10 +30,14 @@ pub async fn explain(
     catalog: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let at = parse_instant("--at", at)?.unwrap_or_else(chrono::Utc::now);
+    // Checked before anything is opened: a wrong flag is the whole answer.
+    let now = chrono::Utc::now();
+    let at = audit::explain_instant(parse_instant("--at", at)?, now)
+        .map_err(|err| anyhow!("--at {err}"))?;
     let catalog: Catalog = load_catalog(catalog.as_deref())?;
     let store = open_store(&store, false).await?;
-    let explanation = audit::explain_account(store.as_ref(), &catalog, &account, at).await?;
+    let explanation =
+        audit::explain_account(store.as_ref(), &catalog, &account, Some(at), now).await?;
     if !explanation.exists {
         bail!("account {account} does not exist");
     }

@@ -102,7 +102,7 @@ enum Commands {
     /// Explain an account's balance: every event, the buckets, running totals.
     Explain {
         account: String,
-        /// As of this instant (RFC 3339; default now).
+        /// As of this instant (RFC 3339; default now; not later than now).
         #[arg(long)]
         at: Option<String>,
         #[command(flatten)]

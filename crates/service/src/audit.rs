@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use chrono::SecondsFormat;
 use futures::stream::{self, Stream};
 use ledger_domain::envelope::{
     account_of_stream, stream_name, Envelope, RawEnvelope, GENESIS_HASH,
 };
 use ledger_domain::explain::{explain, Explanation};
-use ledger_domain::{Account, Catalog, Instant};
+use ledger_domain::{Account, Catalog, Instant, Rejection};
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
 use serde::Serialize;
 
@@ -73,13 +74,43 @@ pub async fn read_account(
     }
 }
 
-/// The explain timeline of an account as of `at`.
+/// An `at` later than now. Explain answers only for instants that have passed: the balance
+/// as of a later instant depends on commands not yet given, so an answer for it would change
+/// (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at} is later than now ({now}); explain answers only for instants that have passed")]
+pub struct FutureInstant {
+    pub at: String,
+    pub now: String,
+}
+
+/// The instant explain answers for: `at`, or `now` when none is given. An `at` later than
+/// `now` is refused.
+pub fn explain_instant(at: Option<Instant>, now: Instant) -> Result<Instant, FutureInstant> {
+    match at {
+        None => Ok(now),
+        Some(at) if at <= now => Ok(at),
+        Some(at) => {
+            let text = |instant: Instant| instant.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+            Err(FutureInstant {
+                at: text(at),
+                now: text(now),
+            })
+        }
+    }
+}
+
+/// The explain timeline of an account as of `at` (default `now`). An `at` later than `now`
+/// is refused before anything is read.
 pub async fn explain_account(
     store: &dyn EventStore,
     catalog: &Catalog,
     account_id: &str,
-    at: Instant,
+    at: Option<Instant>,
+    now: Instant,
 ) -> Result<Explanation, CommandError> {
+    let at = explain_instant(at, now)
+        .map_err(|err| CommandError::Rejected(Rejection::invalid(format!("at {err}"))))?;
     let envelopes = read_account(store, account_id).await?;
     Ok(explain(account_id, &envelopes, catalog, at))
 }
@@ -274,4 +305,60 @@ pub async fn reconcile(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeDelta;
+    use ledger_store_sqlite::SqliteStore;
+
+    use super::*;
+
+    #[test]
+    fn explain_refuses_an_at_later_than_now() {
+        let now: Instant = "2026-03-01T12:00:00Z".parse().unwrap();
+        assert_eq!(explain_instant(None, now), Ok(now));
+        assert_eq!(
+            explain_instant(Some(now), now),
+            Ok(now),
+            "now itself has passed"
+        );
+        let before = now - TimeDelta::milliseconds(1);
+        assert_eq!(explain_instant(Some(before), now), Ok(before));
+        let after = now + TimeDelta::milliseconds(1);
+        let refused = explain_instant(Some(after), now).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "2026-03-01T12:00:00.001Z is later than now (2026-03-01T12:00:00Z); \
+             explain answers only for instants that have passed"
+        );
+    }
+
+    #[tokio::test]
+    async fn explain_account_refuses_a_future_at_as_invalid_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+        let now = chrono::Utc::now();
+        let later = now + TimeDelta::seconds(60);
+        let err = explain_account(store.as_ref(), &Catalog::shipped(), "a1", Some(later), now)
+            .await
+            .unwrap_err();
+        let rejection = err.to_rejection();
+        assert_eq!(
+            (rejection.code(), rejection.http_status()),
+            ("INVALID_REQUEST", 400)
+        );
+        assert!(
+            rejection.message().starts_with("at "),
+            "{}",
+            rejection.message()
+        );
+        let answered = explain_account(store.as_ref(), &Catalog::shipped(), "a1", None, now)
+            .await
+            .unwrap();
+        assert!(!answered.exists);
+    }
 }

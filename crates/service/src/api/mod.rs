@@ -603,11 +603,15 @@ async fn explain(
     AccountId(id): AccountId,
     QueryParams(params): QueryParams<dto::ExplainParams>,
 ) -> Result<Response, ApiError> {
-    let at = params.at.unwrap_or_else(|| app.ledger.now());
-    let explanation =
-        crate::audit::explain_account(app.ledger.store().as_ref(), app.ledger.catalog(), &id, at)
-            .await
-            .map_err(ApiError::from)?;
+    let explanation = crate::audit::explain_account(
+        app.ledger.store().as_ref(),
+        app.ledger.catalog(),
+        &id,
+        params.at,
+        app.ledger.now(),
+    )
+    .await
+    .map_err(ApiError::from)?;
     if !explanation.exists {
         return Err(Rejection::AccountNotFound { account_id: id }.into());
     }
