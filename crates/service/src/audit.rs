@@ -84,6 +84,12 @@ pub struct FutureInstant {
     pub now: String,
 }
 
+impl From<FutureInstant> for Rejection {
+    fn from(err: FutureInstant) -> Rejection {
+        Rejection::invalid(format!("at {err}"))
+    }
+}
+
 /// The instant explain answers for: `at`, or `now` when none is given. An `at` later than
 /// `now` is refused.
 pub fn explain_instant(at: Option<Instant>, now: Instant) -> Result<Instant, FutureInstant> {
@@ -109,8 +115,7 @@ pub async fn explain_account(
     at: Option<Instant>,
     now: Instant,
 ) -> Result<Explanation, CommandError> {
-    let at = explain_instant(at, now)
-        .map_err(|err| CommandError::Rejected(Rejection::invalid(format!("at {err}"))))?;
+    let at = explain_instant(at, now).map_err(Rejection::from)?;
     let envelopes = read_account(store, account_id).await?;
     Ok(explain(account_id, &envelopes, catalog, at))
 }

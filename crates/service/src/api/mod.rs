@@ -4,6 +4,8 @@
 pub mod dto;
 pub mod error;
 pub mod extract;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
@@ -569,6 +571,9 @@ async fn events(
             Rejection::invalid(format!("limit must be between 1 and {EVENTS_LIMIT_MAX}")).into(),
         );
     }
+    // The page is read from the store, but a caller that names a position expects the views
+    // to have reached it too (SPEC section 8, every read): the same wait as the other reads.
+    app.wait_for_views(params.min_position).await?;
     let events = crate::audit::stream_page(
         app.ledger.store().as_ref(),
         &id,
@@ -603,12 +608,16 @@ async fn explain(
     AccountId(id): AccountId,
     QueryParams(params): QueryParams<dto::ExplainParams>,
 ) -> Result<Response, ApiError> {
+    // A bad `at` is refused before any wait.
+    let now = app.ledger.now();
+    let at = crate::audit::explain_instant(params.at, now).map_err(Rejection::from)?;
+    app.wait_for_views(params.min_position).await?;
     let explanation = crate::audit::explain_account(
         app.ledger.store().as_ref(),
         app.ledger.catalog(),
         &id,
-        params.at,
-        app.ledger.now(),
+        Some(at),
+        now,
     )
     .await
     .map_err(ApiError::from)?;
