@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_domain::admission::{admit, AccountView as AdmissionView};
@@ -28,7 +28,7 @@ use self::dto::IntoCommand;
 use self::error::ApiError;
 use self::extract::{AccountId, Caller, JsonBody, QueryParams};
 use crate::ledger::{Ledger, Outcome};
-use crate::metrics::Metrics;
+use crate::metrics::{Format as MetricsFormat, Metrics};
 use crate::summary::summarize;
 use crate::tokens::Tokens;
 use crate::views::ReadModel;
@@ -485,13 +485,19 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.views.status());
+/// `/metrics` in the format the scraper asks for (see `metrics::Format::negotiate`).
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = MetricsFormat::negotiate(accept);
+    let text = app.metrics.render(&app.views.status(), format);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            // Caches must keep the two formats apart.
+            (header::VARY, "accept"),
+        ],
         text,
     )
         .into_response()
