@@ -14,14 +14,14 @@ use crate::support::*;
 
 /// What a finished command printed.
 #[derive(Debug)]
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `ledger ARGS` to completion (killed after 30 s).
-fn ledger(args: &[&str], scratch: &Path) -> Ran {
+pub fn ledger(args: &[&str], scratch: &Path) -> Ran {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let out = scratch.join(format!("cli-{run}.out"));
@@ -54,7 +54,7 @@ fn ledger(args: &[&str], scratch: &Path) -> Ran {
 
 /// Asserts a failed run that said why in exactly one line.
 #[track_caller]
-fn assert_one_line_failure(ran: &Ran, mentions: &str, what: &str) {
+pub fn assert_one_line_failure(ran: &Ran, mentions: &str, what: &str) {
     assert!(
         ran.code.is_some_and(|code| code != 0),
         "{what}: exit {:?}, stderr:\n{}",
@@ -183,7 +183,8 @@ async fn explain_and_audit_read_the_data_of_a_stopped_server() {
     );
     assert_eq!(csv.code, Some(0), "{}", csv.stderr);
     assert!(
-        csv.stdout.starts_with("position,stream,version,type"),
+        csv.stdout
+            .starts_with("position,event_id,stream,version,type"),
         "{}",
         csv.stdout
     );
@@ -212,6 +213,34 @@ async fn explain_and_audit_read_the_data_of_a_stopped_server() {
         !nowhere.exists(),
         "reading tools never create a data directory"
     );
+}
+
+#[tokio::test]
+async fn explain_refuses_an_at_later_than_now_with_one_line_and_a_non_zero_exit() {
+    let server = Server::start().await;
+    open(&server.api, "fa").await;
+    let stopped = server.stop().await;
+    let data = stopped.data();
+    let data = data.to_str().unwrap();
+    let scratch = stopped.dir.path();
+    let future = from_now(3_600);
+    let refused = ledger(
+        &["explain", "fa", "--data", data, "--json", "--at", &future],
+        scratch,
+    );
+    assert_one_line_failure(&refused, "later than now", "explain --at in the future");
+    assert!(refused.stdout.is_empty(), "no answer: {}", refused.stdout);
+    assert!(
+        refused.stderr.contains("--at"),
+        "names the flag: {}",
+        refused.stderr
+    );
+    let past = from_now(0);
+    let answered = ledger(
+        &["explain", "fa", "--data", data, "--json", "--at", &past],
+        scratch,
+    );
+    assert_eq!(answered.code, Some(0), "{}", answered.stderr);
 }
 
 #[test]

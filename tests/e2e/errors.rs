@@ -547,3 +547,37 @@ async fn min_position_beyond_the_store_is_503_unavailable_with_retry_after() {
     reply.expect_error(503, "UNAVAILABLE");
     assert!(reply.header("retry-after").is_some());
 }
+
+#[tokio::test]
+async fn min_position_on_events_and_explain_waits_for_the_views_else_503_with_retry_after() {
+    let server = Server::start().await;
+    let api = &server.api;
+    let opened = open(api, "mp").await;
+    let reachable = position(&opened);
+    for endpoint in ["events", "explain"] {
+        let started = Instant::now();
+        let reply = api
+            .get(
+                Role::Finance,
+                &format!("/v1/accounts/mp/{endpoint}?min_position=1000000000"),
+            )
+            .await;
+        reply.expect_error(503, "UNAVAILABLE");
+        let retry_after = reply.header("retry-after").expect("Retry-After");
+        assert!(
+            retry_after.parse::<u64>().is_ok(),
+            "{endpoint}: Retry-After {retry_after:?}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(5),
+            "{endpoint}: waited {waited:?}, SPEC says at most 2 s"
+        );
+        api.get(
+            Role::Support,
+            &format!("/v1/accounts/mp/{endpoint}?min_position={reachable}"),
+        )
+        .await
+        .expect(200);
+    }
+}

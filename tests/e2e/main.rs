@@ -5,14 +5,16 @@
 //! Modules: `support` (the harness), `openapi` (the document against `ROUTES`), `errors`
 //! (every error code), `roles` (the role matrix), `stories` (the seeds' stories),
 //! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `cli`
-//! (the tools on a stopped server's data, start-up failures), `lifecycle` (shutdown, tokens)
-//! and `concurrency` (no overdraft, no double charge).
+//! (the tools on a stopped server's data, start-up failures), `export` (export files verified
+//! offline, the documented hash input), `lifecycle` (shutdown, tokens) and `concurrency` (no
+//! overdraft, no double charge).
 
 mod admission;
 mod cli;
 mod concurrency;
 mod contract;
 mod errors;
+mod export;
 mod idempotency;
 mod lifecycle;
 mod openapi;

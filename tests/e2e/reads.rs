@@ -1,9 +1,10 @@
 //! The read side over HTTP: the events endpoint (paging, envelopes, the hash chain), explain
 //! (timeline, balance as of an instant, why a model is blocked), the NDJSON audit export in
-//! global order, `/healthz` and the Prometheus `/metrics`.
+//! global order, `/healthz` and `/metrics` (classic Prometheus text, or OpenMetrics on request).
 
 use std::collections::{BTreeMap, HashMap};
 
+use prometheus_parse::{Scrape, Value as Parsed};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -304,6 +305,35 @@ async fn explain_replays_the_timeline_and_the_balance_as_of_any_instant() {
 }
 
 #[tokio::test]
+async fn explain_refuses_an_at_later_than_now_with_400_invalid_request() {
+    let server = Server::start().await;
+    let api = &server.api;
+    open(api, "fx").await;
+    // The balance as of a later instant could still change, so no answer is given for it.
+    for ahead in [2, 3_600] {
+        let at = from_now(ahead);
+        let reply = api
+            .get(Role::Support, &format!("/v1/accounts/fx/explain?at={at}"))
+            .await;
+        reply.expect_error(400, "INVALID_REQUEST");
+        let message = reply.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("later than now"), "{message}");
+    }
+    // Refused before the account is looked up: the instant is wrong whoever asks.
+    api.get(
+        Role::Finance,
+        &format!("/v1/accounts/ghost/explain?at={}", from_now(3_600)),
+    )
+    .await
+    .expect_error(400, "INVALID_REQUEST");
+    // An instant that has passed still answers (taken after the account was opened).
+    let past = from_now(0);
+    api.get(Role::Finance, &format!("/v1/accounts/fx/explain?at={past}"))
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
 async fn audit_export_is_ndjson_of_every_account_in_global_order() {
     let server = Server::start().await;
     let api = &server.api;
@@ -464,13 +494,13 @@ async fn metrics_are_prometheus_text_with_request_counts_latencies_and_projectio
     summary(api, "m1", last).await;
     let reply = server.api.send(None, "GET", "/metrics", Body::None).await;
     reply.expect(200);
-    assert!(reply
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let text = &reply.text;
     assert!(
-        text.contains("# TYPE ledger_http_requests counter"),
+        text.contains("# TYPE ledger_http_requests_total counter"),
         "{text}"
     );
     assert!(
@@ -539,4 +569,115 @@ async fn metrics_are_prometheus_text_with_request_counts_latencies_and_projectio
             .any(|(name, _)| name == "ledger_projection_lag_milliseconds"),
         "{text}"
     );
+}
+
+/// The series a classic TYPE line covers: a histogram's `_bucket`, `_sum` and `_count`, any
+/// other type's own name (a counter's TYPE names its `_total` series).
+fn typed_by(sample: &str, types: &HashMap<String, String>) -> Option<String> {
+    if let Some(kind) = types.get(sample) {
+        return Some(kind.clone());
+    }
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let family = sample.strip_suffix(suffix)?;
+        types
+            .get(family)
+            .filter(|kind| *kind == "histogram")
+            .cloned()
+    })
+}
+
+#[tokio::test]
+async fn metrics_answer_classic_prometheus_text_unless_openmetrics_is_asked_for() {
+    let server = Server::start().await;
+    let api = &server.api;
+    let opened = open(api, "mx").await;
+    charge(api, "mx", charge_body("c1", "assistant-chat", None))
+        .await
+        .expect(201);
+    summary(api, "mx", position(&opened)).await;
+    api.get(Role::Finance, "/v1/audit/events").await.expect(200);
+
+    for accept in [None, Some("*/*"), Some("text/plain")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let reply = api
+            .send_with_headers(None, "GET", "/metrics", Body::None, &headers)
+            .await;
+        reply.expect(200);
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "Accept {accept:?}"
+        );
+        let text = &reply.text;
+        assert!(
+            !text.contains("# UNIT") && !text.contains("# EOF"),
+            "{text}"
+        );
+        // Every sample is covered by a TYPE line that names it as the classic format does.
+        let types: HashMap<String, String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' '))
+            .map(|(name, kind)| (name.to_string(), kind.to_string()))
+            .collect();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let kind = typed_by(name, &types);
+            assert!(kind.is_some(), "{name} has no TYPE line naming it:\n{text}");
+            if name.ends_with("_total") {
+                assert_eq!(kind.as_deref(), Some("counter"), "{name}");
+            }
+        }
+        // And a real parser reads the types. prometheus-parse skips samples whose labels hold
+        // a `}` (the `{id}` routes); the routes without one are enough to see each type.
+        let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_string()))).unwrap();
+        let values = |name: &str| -> Vec<&Parsed> {
+            scrape
+                .samples
+                .iter()
+                .filter(|sample| sample.metric == name)
+                .map(|sample| &sample.value)
+                .collect()
+        };
+        let requests = values("ledger_http_requests_total");
+        assert!(
+            !requests.is_empty() && requests.iter().all(|v| matches!(v, Parsed::Counter(_))),
+            "request counters are counters: {requests:?}\n{text}"
+        );
+        let latency = values("ledger_http_request_duration_seconds");
+        assert!(
+            !latency.is_empty() && latency.iter().all(|v| matches!(v, Parsed::Histogram(_))),
+            "latencies are histograms: {latency:?}\n{text}"
+        );
+        for gauge in [
+            "ledger_projection_position",
+            "ledger_projection_lag_events",
+            "ledger_projection_lag_milliseconds",
+        ] {
+            let lag = values(gauge);
+            assert!(
+                lag.len() >= 3 && lag.iter().all(|v| matches!(v, Parsed::Gauge(_))),
+                "{gauge} is a gauge per view: {lag:?}\n{text}"
+            );
+        }
+    }
+
+    let prometheus = "application/openmetrics-text;version=1.0.0,\
+                      text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in ["application/openmetrics-text", prometheus] {
+        let reply = api
+            .send_with_headers(None, "GET", "/metrics", Body::None, &[("accept", accept)])
+            .await;
+        reply.expect(200);
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "Accept {accept:?}"
+        );
+        assert!(reply.text.ends_with("# EOF\n"), "{}", reply.text);
+        assert!(
+            reply.text.contains("# TYPE ledger_http_requests counter\n"),
+            "{}",
+            reply.text
+        );
+    }
 }

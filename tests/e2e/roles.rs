@@ -1,6 +1,7 @@
 //! The role matrix of SPEC section 8: for every route and every role, the allowed roles (and
 //! admin, always) get their success answer and every other role gets 403 FORBIDDEN and
-//! writes nothing; without a token every protected route is 401.
+//! writes nothing; without a token every protected route is 401; a route not in the table is
+//! 404 for everyone.
 
 use serde_json::{json, Value};
 
@@ -381,6 +382,32 @@ async fn every_protected_route_is_401_without_a_valid_token() {
             } else {
                 reply.expect_error(401, "UNAUTHENTICATED");
             }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_not_found_for_every_token_and_without_one() {
+    let server = Server::start().await;
+    let api = &server.api;
+    open(api, "m").await;
+    let mut tokens: Vec<Option<&str>> = Role::ALL.iter().map(|role| Some(role.token())).collect();
+    tokens.push(None);
+    tokens.push(Some("not-a-token-of-this-ledger"));
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/v1/nothing-here"),
+        ("POST", "/v1/accounts/m/undeclared"),
+        ("GET", "/v1/accounts/m/charges/c/refund/extra"),
+        ("DELETE", "/v1/audit"),
+        ("GET", "/metrics/extra"),
+    ] {
+        for token in &tokens {
+            let details = api
+                .send_with_token(*token, method, path, Body::None)
+                .await
+                .expect_error(404, "NOT_FOUND");
+            assert_eq!(details["kind"], "route", "{method} {path}");
         }
     }
 }

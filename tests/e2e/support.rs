@@ -446,10 +446,25 @@ impl Api {
         path: &str,
         body: Body,
     ) -> Reply {
+        self.send_with_headers(token, method, path, body, &[]).await
+    }
+
+    /// Sends a request with a literal bearer token (or none) and extra headers.
+    pub async fn send_with_headers(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Body,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let method_value = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
         let mut request = self.http.request(method_value, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         match &body {
             Body::None => {}

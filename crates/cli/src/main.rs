@@ -60,7 +60,8 @@ pub enum ViewName {
 pub enum AuditAction {
     /// Every event of every account in global order.
     Export,
-    /// Hash chains, version gaps, decodability.
+    /// Hash chains, version gaps, decodability: of the store, or of an export file with
+    /// `--file` (no store needed).
     Verify,
     /// Replays every stream and compares with the views.
     Reconcile,
@@ -110,7 +111,7 @@ enum Commands {
     /// Explain an account's balance: every event, the buckets, running totals.
     Explain {
         account: String,
-        /// As of this instant (RFC 3339; default now).
+        /// As of this instant (RFC 3339; default now; not later than now).
         #[arg(long)]
         at: Option<String>,
         #[command(flatten)]
@@ -133,8 +134,14 @@ enum Commands {
         /// Only events recorded before this instant (export).
         #[arg(long)]
         until: Option<String>,
-        #[arg(long, value_enum, default_value = "jsonl")]
-        format: ExportFormat,
+        /// The export's format (default jsonl); with `verify --file`, the file's format
+        /// (default: detected from its content).
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+        /// Verify this export file (jsonl or csv) instead of the store; no data directory
+        /// is opened.
+        #[arg(long, value_name = "EXPORT")]
+        file: Option<PathBuf>,
     },
 }
 
@@ -212,6 +219,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             until,
             format,
-        } => audit::audit(action, store, since, until, format).await,
+            file,
+        } => match file {
+            Some(file) => audit::verify_file(action, &file, format, since, until),
+            None => audit::audit(action, store, since, until, format).await,
+        },
     }
 }

@@ -66,8 +66,9 @@ fn instant_text(at: &Instant) -> String {
 }
 
 /// The chain hash: SHA-256 over the previous hash and every field but the position (which
-/// the store assigns later) and the hash itself, with `data` exactly as stored. Fields are
-/// separated by newlines, which none of them can contain unescaped.
+/// the store assigns later) and the hash itself, with `data` exactly as stored. Each field is
+/// followed by a newline, the last one too (none of them can contain one unescaped).
+/// ARCHITECTURE.md spells this out for auditors, with a worked example a test recomputes.
 #[allow(clippy::too_many_arguments)]
 pub fn chain_hash(
     prev_hash: &str,

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use chrono::SecondsFormat;
 use futures::stream::{self, Stream};
 use ledger_domain::envelope::{
     account_of_stream, stream_name, Envelope, RawEnvelope, GENESIS_HASH,
 };
 use ledger_domain::explain::{explain, Explanation};
-use ledger_domain::{Account, Catalog, Instant};
+use ledger_domain::{Account, Catalog, Instant, Rejection};
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
 use serde::Serialize;
 
@@ -73,13 +74,48 @@ pub async fn read_account(
     }
 }
 
-/// The explain timeline of an account as of `at`.
+/// An `at` later than now. Explain answers only for instants that have passed: the balance
+/// as of a later instant depends on commands not yet given, so an answer for it would change
+/// (SPEC section 10).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at} is later than now ({now}); explain answers only for instants that have passed")]
+pub struct FutureInstant {
+    pub at: String,
+    pub now: String,
+}
+
+impl From<FutureInstant> for Rejection {
+    fn from(err: FutureInstant) -> Rejection {
+        Rejection::invalid(format!("at {err}"))
+    }
+}
+
+/// The instant explain answers for: `at`, or `now` when none is given. An `at` later than
+/// `now` is refused.
+pub fn explain_instant(at: Option<Instant>, now: Instant) -> Result<Instant, FutureInstant> {
+    match at {
+        None => Ok(now),
+        Some(at) if at <= now => Ok(at),
+        Some(at) => {
+            let text = |instant: Instant| instant.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+            Err(FutureInstant {
+                at: text(at),
+                now: text(now),
+            })
+        }
+    }
+}
+
+/// The explain timeline of an account as of `at` (default `now`). An `at` later than `now`
+/// is refused before anything is read.
 pub async fn explain_account(
     store: &dyn EventStore,
     catalog: &Catalog,
     account_id: &str,
-    at: Instant,
+    at: Option<Instant>,
+    now: Instant,
 ) -> Result<Explanation, CommandError> {
+    let at = explain_instant(at, now).map_err(Rejection::from)?;
     let envelopes = read_account(store, account_id).await?;
     Ok(explain(account_id, &envelopes, catalog, at))
 }
@@ -135,25 +171,87 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-/// Checks every stream's hash chain, its versions (1, 2, 3, ... with no gaps), that global
-/// positions increase, and that every event decodes.
+/// Follows the hash chains of any number of streams through their events in global order,
+/// as the store holds them or an export file lists them: each stream starts at version 1
+/// after the genesis hash, each event continues its stream's previous one (next version,
+/// `prev_hash` = the previous `hash`), its `hash` matches its fields, global positions rise,
+/// and its data decodes. One home for these rules, so the store and a file are checked alike.
+#[derive(Debug, Default)]
+pub struct ChainCheck {
+    heads: HashMap<String, (u64, String)>,
+    last_position: Option<u64>,
+    events: u64,
+}
+
+impl ChainCheck {
+    /// Checks the next event; returns what is wrong with it (nothing when it holds). The
+    /// event becomes its stream's head either way, so one bad event is reported once rather
+    /// than again for everything after it.
+    pub fn check(&mut self, raw: &RawEnvelope) -> Vec<String> {
+        self.events += 1;
+        let at = format!("{} v{}", raw.stream, raw.version);
+        let mut problems = Vec::new();
+        if let Some(position) = raw.position {
+            if let Some(last) = self.last_position.filter(|last| position <= *last) {
+                problems.push(format!(
+                    "{at}: position {position} after {last}, out of global order"
+                ));
+            }
+            self.last_position = Some(position);
+        }
+        let (last_version, last_hash) = self
+            .heads
+            .entry(raw.stream.clone())
+            .or_insert_with(|| (0, GENESIS_HASH.to_string()));
+        if raw.version != *last_version + 1 {
+            problems.push(if *last_version == 0 {
+                format!("{at}: the stream starts at v{} instead of v1", raw.version)
+            } else {
+                format!("{at}: version gap after v{last_version}")
+            });
+        }
+        if raw.prev_hash != *last_hash {
+            problems.push(format!(
+                "{at}: prev_hash does not match the previous event's hash"
+            ));
+        }
+        if raw.computed_hash() != raw.hash {
+            problems.push(format!("{at}: hash does not match the event's content"));
+        }
+        if let Err(err) = raw.decode() {
+            problems.push(format!("{at}: {err}"));
+        }
+        *last_version = raw.version;
+        *last_hash = raw.hash.clone();
+        problems
+    }
+
+    /// Events checked so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Streams seen so far.
+    pub fn streams(&self) -> usize {
+        self.heads.len()
+    }
+}
+
+/// Checks every stream in the store: its hash chain, its versions (1, 2, 3, ... with no
+/// gaps) as the payloads and the store both record them, that global positions increase,
+/// and that every event decodes.
 pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, CommandError> {
     let mut report = VerifyReport::default();
-    let mut heads: HashMap<String, (u64, String)> = HashMap::new();
+    let mut chain = ChainCheck::default();
     let mut after: Option<GlobalPosition> = None;
     loop {
         let page = store.read_all(after, PAGE).await?;
         for event in &page {
-            report.events += 1;
-            if after.is_some_and(|previous| event.position <= previous) {
-                report
-                    .problems
-                    .push(format!("position {} does not increase", event.position));
-            }
             after = Some(event.position);
-            let raw = match RawEnvelope::parse(&event.payload) {
+            let mut raw = match RawEnvelope::parse(&event.payload) {
                 Ok(raw) => raw,
                 Err(err) => {
+                    report.events += 1;
                     report.problems.push(format!(
                         "{} v{}: unreadable: {err}",
                         event.stream, event.version
@@ -161,36 +259,22 @@ pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, CommandError
                     continue;
                 }
             };
-            let (last_version, last_hash) = heads
-                .entry(event.stream.clone())
-                .or_insert_with(|| (0, GENESIS_HASH.to_string()));
-            let where_ = format!("{} v{}", event.stream, event.version);
-            if event.version != *last_version + 1 || raw.version != event.version {
-                report
-                    .problems
-                    .push(format!("{where_}: version gap after v{last_version}"));
-            }
-            if raw.prev_hash != *last_hash {
+            if raw.version != event.version || raw.stream != event.stream {
                 report.problems.push(format!(
-                    "{where_}: prev_hash does not match the previous event's hash"
+                    "{} v{}: the payload says {} v{}",
+                    event.stream, event.version, raw.stream, raw.version
                 ));
             }
-            if raw.computed_hash() != raw.hash {
-                report
-                    .problems
-                    .push(format!("{where_}: hash does not match the event's content"));
-            }
-            if let Err(err) = raw.decode() {
-                report.problems.push(format!("{where_}: {err}"));
-            }
-            *last_version = event.version;
-            *last_hash = raw.hash;
+            // The store assigns positions; payloads do not carry them.
+            raw.position = Some(event.position);
+            report.problems.extend(chain.check(&raw));
         }
         if page.len() < PAGE {
             break;
         }
     }
-    report.streams = heads.len();
+    report.events += chain.events();
+    report.streams = chain.streams();
     Ok(report)
 }
 
@@ -274,4 +358,60 @@ pub async fn reconcile(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeDelta;
+    use ledger_store_sqlite::SqliteStore;
+
+    use super::*;
+
+    #[test]
+    fn explain_refuses_an_at_later_than_now() {
+        let now: Instant = "2026-03-01T12:00:00Z".parse().unwrap();
+        assert_eq!(explain_instant(None, now), Ok(now));
+        assert_eq!(
+            explain_instant(Some(now), now),
+            Ok(now),
+            "now itself has passed"
+        );
+        let before = now - TimeDelta::milliseconds(1);
+        assert_eq!(explain_instant(Some(before), now), Ok(before));
+        let after = now + TimeDelta::milliseconds(1);
+        let refused = explain_instant(Some(after), now).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "2026-03-01T12:00:00.001Z is later than now (2026-03-01T12:00:00Z); \
+             explain answers only for instants that have passed"
+        );
+    }
+
+    #[tokio::test]
+    async fn explain_account_refuses_a_future_at_as_invalid_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+        let now = chrono::Utc::now();
+        let later = now + TimeDelta::seconds(60);
+        let err = explain_account(store.as_ref(), &Catalog::shipped(), "a1", Some(later), now)
+            .await
+            .unwrap_err();
+        let rejection = err.to_rejection();
+        assert_eq!(
+            (rejection.code(), rejection.http_status()),
+            ("INVALID_REQUEST", 400)
+        );
+        assert!(
+            rejection.message().starts_with("at "),
+            "{}",
+            rejection.message()
+        );
+        let answered = explain_account(store.as_ref(), &Catalog::shipped(), "a1", None, now)
+            .await
+            .unwrap();
+        assert!(!answered.exists);
+    }
 }

@@ -4,17 +4,20 @@
 pub mod dto;
 pub mod error;
 pub mod extract;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+pub use self::routes::{allowed_roles, router, Access, RouteSpec, Verb, ROUTES, ROUTE_TABLE};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant as Clock};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use ledger_domain::admission::{admit, AccountView as AdmissionView};
 use ledger_domain::decide::Reply;
 use ledger_domain::events::Via;
@@ -23,11 +26,11 @@ use serde_json::{json, Value};
 
 use self::dto::IntoCommand;
 use self::error::ApiError;
-use self::extract::{AccountId, Caller, JsonBody, QueryParams, BODY_LIMIT_BYTES};
+use self::extract::{AccountId, Caller, JsonBody, QueryParams};
 use crate::ledger::{Ledger, Outcome};
-use crate::metrics::Metrics;
+use crate::metrics::{Format as MetricsFormat, Metrics};
 use crate::summary::summarize;
-use crate::tokens::{Role, Tokens};
+use crate::tokens::Tokens;
 use crate::views::ReadModel;
 
 /// How long a read waits for the views to reach `min_position`.
@@ -71,171 +74,6 @@ impl std::ops::Deref for AppState {
     fn deref(&self) -> &App {
         &self.0
     }
-}
-
-/// Every route the server answers, as (method, path template). The OpenAPI document must
-/// list exactly these; a test holds them to it.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/accounts"),
-    ("GET", "/v1/accounts/{id}"),
-    ("POST", "/v1/accounts/{id}/subscription"),
-    ("POST", "/v1/accounts/{id}/renewals"),
-    ("POST", "/v1/accounts/{id}/top-ups"),
-    ("POST", "/v1/accounts/{id}/business-verification"),
-    ("POST", "/v1/accounts/{id}/business-verification/approve"),
-    ("POST", "/v1/accounts/{id}/business-verification/reject"),
-    ("POST", "/v1/accounts/{id}/grants"),
-    ("POST", "/v1/accounts/{id}/admission"),
-    ("POST", "/v1/accounts/{id}/charges"),
-    ("POST", "/v1/accounts/{id}/charges/{charge_id}/refund"),
-    ("POST", "/v1/accounts/{id}/holds"),
-    ("POST", "/v1/accounts/{id}/holds/{hold_id}/capture"),
-    ("POST", "/v1/accounts/{id}/holds/{hold_id}/release"),
-    ("GET", "/v1/accounts/{id}/events"),
-    ("GET", "/v1/accounts/{id}/explain"),
-    ("GET", "/v1/audit/events"),
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-];
-
-/// The router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/accounts", post(open_account))
-        .route("/v1/accounts/{id}", get(get_account))
-        .route(
-            "/v1/accounts/{id}/subscription",
-            post(summary_route::<dto::Subscription, false>),
-        )
-        .route(
-            "/v1/accounts/{id}/renewals",
-            post(summary_route::<dto::Renewal, false>),
-        )
-        .route(
-            "/v1/accounts/{id}/top-ups",
-            post(summary_route::<dto::TopUp, true>),
-        )
-        .route(
-            "/v1/accounts/{id}/business-verification",
-            post(submit_verification),
-        )
-        .route(
-            "/v1/accounts/{id}/business-verification/approve",
-            post(approve_verification),
-        )
-        .route(
-            "/v1/accounts/{id}/business-verification/reject",
-            post(reject_verification),
-        )
-        .route(
-            "/v1/accounts/{id}/grants",
-            post(summary_route::<dto::Grant, true>),
-        )
-        .route("/v1/accounts/{id}/admission", post(admission))
-        .route(
-            "/v1/accounts/{id}/charges",
-            post(receipt_route::<dto::Charge>),
-        )
-        .route("/v1/accounts/{id}/charges/{charge_id}/refund", post(refund))
-        .route("/v1/accounts/{id}/holds", post(receipt_route::<dto::Hold>))
-        .route(
-            "/v1/accounts/{id}/holds/{hold_id}/capture",
-            post(capture_hold),
-        )
-        .route(
-            "/v1/accounts/{id}/holds/{hold_id}/release",
-            post(release_hold),
-        )
-        .route("/v1/accounts/{id}/events", get(events))
-        .route("/v1/accounts/{id}/explain", get(explain))
-        .route("/v1/audit/events", get(audit_events))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
-}
-
-/// Who may call a route, by method and path template: SPEC section 8's role column in one
-/// place. `None`: no token needed. Admin may call everything that needs a token.
-pub fn allowed_roles(method: &str, path: &str) -> Option<&'static [Role]> {
-    const ANY: &[Role] = &Role::ALL;
-    const BILLING: &[Role] = &[Role::Billing];
-    const SUPPORT: &[Role] = &[Role::Support];
-    const EXECUTOR: &[Role] = &[Role::Executor];
-    const READERS: &[Role] = &[Role::Support, Role::Finance];
-    const FINANCE: &[Role] = &[Role::Finance];
-    const ADMIN: &[Role] = &[];
-    Some(match (method, path) {
-        (_, "/healthz" | "/metrics") => return None,
-        ("GET", "/v1/accounts/{id}") => ANY,
-        ("POST", "/v1/accounts")
-        | ("POST", "/v1/accounts/{id}/subscription")
-        | ("POST", "/v1/accounts/{id}/renewals")
-        | ("POST", "/v1/accounts/{id}/top-ups")
-        | ("POST", "/v1/accounts/{id}/business-verification") => BILLING,
-        ("POST", "/v1/accounts/{id}/business-verification/approve")
-        | ("POST", "/v1/accounts/{id}/business-verification/reject") => ADMIN,
-        ("POST", "/v1/accounts/{id}/grants") => SUPPORT,
-        ("GET", "/v1/accounts/{id}/events") | ("GET", "/v1/accounts/{id}/explain") => READERS,
-        ("GET", "/v1/audit/events") => FINANCE,
-        _ => EXECUTOR,
-    })
-}
-
-/// Authenticates and authorises before anything else of the request is read: a caller in
-/// the wrong role gets 403 whatever its body says.
-async fn authorize(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_string())
-        .unwrap_or_default();
-    let Some(roles) = allowed_roles(request.method().as_str(), &path) else {
-        return next.run(request).await;
-    };
-    let caller = match Caller::from_headers(&app.tokens, request.headers()) {
-        Ok(caller) => caller,
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = caller.require(roles) {
-        return error.into_response();
-    }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
-}
-
-/// Counts and times every request, and logs commands with their outcome.
-async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Clock::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    app.metrics
-        .observe(&route, &method, status, started.elapsed());
-    response
-}
-
-async fn not_found() -> ApiError {
-    Rejection::NotFound {
-        what: "route",
-        id: "this path".into(),
-    }
-    .into()
-}
-
-async fn method_not_allowed() -> Response {
-    let mut response =
-        ApiError::from(Rejection::invalid("method not allowed on this path")).into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
 }
 
 fn with_position(mut body: Value, position: Option<u64>) -> Value {
@@ -570,6 +408,9 @@ async fn events(
             Rejection::invalid(format!("limit must be between 1 and {EVENTS_LIMIT_MAX}")).into(),
         );
     }
+    // The page is read from the store, but a caller that names a position expects the views
+    // to have reached it too (SPEC section 8, every read): the same wait as the other reads.
+    app.wait_for_views(params.min_position).await?;
     let events = crate::audit::stream_page(
         app.ledger.store().as_ref(),
         &id,
@@ -604,11 +445,19 @@ async fn explain(
     AccountId(id): AccountId,
     QueryParams(params): QueryParams<dto::ExplainParams>,
 ) -> Result<Response, ApiError> {
-    let at = params.at.unwrap_or_else(|| app.ledger.now());
-    let explanation =
-        crate::audit::explain_account(app.ledger.store().as_ref(), app.ledger.catalog(), &id, at)
-            .await
-            .map_err(ApiError::from)?;
+    // A bad `at` is refused before any wait.
+    let now = app.ledger.now();
+    let at = crate::audit::explain_instant(params.at, now).map_err(Rejection::from)?;
+    app.wait_for_views(params.min_position).await?;
+    let explanation = crate::audit::explain_account(
+        app.ledger.store().as_ref(),
+        app.ledger.catalog(),
+        &id,
+        Some(at),
+        now,
+    )
+    .await
+    .map_err(ApiError::from)?;
     if !explanation.exists {
         return Err(Rejection::AccountNotFound { account_id: id }.into());
     }
@@ -637,13 +486,19 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.views.status());
+/// `/metrics` in the format the scraper asks for (see `metrics::Format::negotiate`).
+async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = MetricsFormat::negotiate(accept);
+    let text = app.metrics.render(&app.views.status(), format);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            // Caches must keep the two formats apart.
+            (header::VARY, "accept"),
+        ],
         text,
     )
         .into_response()
