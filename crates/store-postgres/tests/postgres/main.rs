@@ -5,4 +5,5 @@
 //! binary, re-executed). Every test works in a schema of its own and drops it at the end.
 
 mod conformance;
+mod gap;
 mod support;
