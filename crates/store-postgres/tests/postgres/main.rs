@@ -5,5 +5,6 @@
 //! binary, re-executed). Every test works in a schema of its own and drops it at the end.
 
 mod conformance;
+mod crash;
 mod gap;
 mod support;
