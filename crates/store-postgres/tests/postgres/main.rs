@@ -4,7 +4,10 @@
 //! subscription reconnects, and appends surviving SIGKILL of a child process (this same
 //! binary, re-executed). Every test works in a schema of its own and drops it at the end.
 
+mod behaviour;
 mod conformance;
 mod crash;
+mod format;
 mod gap;
+mod reconnect;
 mod support;
