@@ -3,24 +3,25 @@
 //!
 //! The design, and why (DESIGN.md next to this crate has the measurements):
 //!
-//! - **Positions without gaps for readers.** Every append transaction locks the one row of
-//!   `ledger_position` (`SELECT last ... FOR UPDATE`) before it reads stream heads, takes its
-//!   positions from it, and holds the lock until COMMIT. PostgreSQL makes a transaction's
-//!   commit visible to new snapshots *before* it releases the transaction's locks, so the
-//!   next appender (of any node) cannot take positions until the previous ones are visible:
-//!   commits become visible in position order, positions are contiguous (a rolled-back
-//!   transaction rolls the counter back too), and every snapshot holds a gap-free prefix of
-//!   the global order. A reader of `position > after` therefore never skips an event that
-//!   commits late, with no `xmin` horizon tricks. The cost is that appends of all nodes
-//!   serialise on that row for the length of one group commit.
+//! - **Positions without gaps for readers.** Every append transaction takes its positions
+//!   by updating the one row of `ledger_position` (`UPDATE ... SET last = last + n`) before
+//!   it inserts anything, and holds that row lock until COMMIT. PostgreSQL makes a
+//!   transaction's commit visible to new snapshots *before* it releases the transaction's
+//!   locks, so the next appender (of any node) cannot take positions until the previous ones
+//!   are visible: commits become visible in position order, positions are contiguous (a
+//!   rolled-back transaction rolls the counter back too), and every snapshot holds a gap-free
+//!   prefix of the global order. A reader of `position > after` therefore never skips an
+//!   event that commits late, with no `xmin` horizon tricks. The cost: commits of all nodes
+//!   are serialised, each holding the lock through its WAL flush.
 //! - **Group commit per node.** One writer task per store takes everything queued (up to
-//!   [`MAX_BATCH`] appends) and commits it as one transaction of two pipelined round trips
-//!   (see `writer.rs`), so the lock is taken once per group, not once per append. Each append
-//!   still succeeds or fails on its own: versions are checked in memory against heads read
-//!   under the lock, before anything is inserted.
-//! - **Expected versions in the database.** Heads are read after the position lock, which
-//!   every writer takes before inserting, so they are exact; `UNIQUE (stream, version)` is the
-//!   backstop should anything write without the lock.
+//!   [`MAX_BATCH`] appends) and commits it as one transaction (see `writer.rs`), so the lock
+//!   is taken once per group, not once per append, and held only for the insert and the
+//!   commit, never across a round trip to this process. Each append still succeeds or fails
+//!   on its own: versions are checked in memory before anything is inserted.
+//! - **Expected versions in the database.** The writer checks versions against heads it
+//!   knows to be lower bounds (versions only grow); `UNIQUE (stream, version)` refuses an
+//!   insert behind a stale head, and the group is then redone with heads read under the
+//!   position lock, which every writer takes before inserting, so they are exact.
 //! - **Durable on acknowledgement.** Callers are answered after COMMIT returned, with the
 //!   server's `synchronous_commit` (on by default) deciding what "committed" means.
 //! - **Subscriptions** have their own connection: `LISTEN ledger_events` (appends notify in

@@ -7,8 +7,9 @@
 //!   `UNIQUE (stream, version)` (which is also the index stream reads and head lookups use).
 //!   Payloads are `bytea`, returned byte for byte (`jsonb` would reorder keys and break the
 //!   hash chain).
-//! - `ledger_position`: one row holding the last position handed out. Appends lock it for
-//!   the rest of their transaction; see the crate docs for why that closes the position gap.
+//! - `ledger_position`: one row holding the last position handed out. Appends lock it (by
+//!   updating it) for the rest of their transaction; see the crate docs for why that closes
+//!   the position gap.
 //! - `ledger_meta`: one row holding the format version.
 
 use deadpool_postgres::Object;
@@ -57,10 +58,10 @@ pub(crate) struct Sql {
     pub(crate) stream_heads: String,
     /// The stored events in the given (stream, version) slots.
     pub(crate) slots: String,
-    /// Inserts events given as parallel arrays.
-    pub(crate) insert: String,
-    pub(crate) set_position: String,
-    pub(crate) notify: String,
+    /// Takes `$1` positions from the counter (locking it until the transaction ends),
+    /// inserts the events given as parallel arrays `$2..$6` at those positions in array
+    /// order, notifies `$7`, and returns the counter's new value.
+    pub(crate) append: String,
     pub(crate) read_stream: String,
     pub(crate) read_all: String,
     pub(crate) head_position: String,
@@ -85,13 +86,21 @@ impl Sql {
                  FROM unnest($1::text[], $2::bigint[]) AS slot(stream, version)
                  JOIN {s}.ledger_events e ON e.stream = slot.stream AND e.version = slot.version"
             ),
-            insert: format!(
-                "INSERT INTO {s}.ledger_events ({COLUMNS})
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[],
-                                      $5::text[], $6::bytea[])"
+            // The counter's UPDATE runs before any row is inserted (the insert reads its
+            // result), so no event is ever written without the position lock held.
+            append: format!(
+                "WITH counter AS (
+                     UPDATE {s}.ledger_position SET last = last + $1 RETURNING last
+                 ), inserted AS (
+                     INSERT INTO {s}.ledger_events ({COLUMNS})
+                     SELECT counter.last - $1 + e.n, e.stream, e.version, e.event_id,
+                            e.event_type, e.payload
+                     FROM counter,
+                          unnest($2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bytea[])
+                              WITH ORDINALITY AS e(stream, version, event_id, event_type, payload, n)
+                 )
+                 SELECT last, pg_notify('{NOTIFY_CHANNEL}', $7) FROM counter"
             ),
-            set_position: format!("UPDATE {s}.ledger_position SET last = $1"),
-            notify: format!("SELECT pg_notify('{NOTIFY_CHANNEL}', $1)"),
             read_stream: format!(
                 "SELECT {COLUMNS} FROM {s}.ledger_events
                  WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3"

@@ -1,28 +1,30 @@
 //! The writer task: commits a node's queued appends in groups, one transaction per group.
 //!
-//! Each loop takes everything queued (up to [`MAX_BATCH`] appends) and runs:
+//! Each loop takes everything queued (up to [`MAX_BATCH`] appends) and works out the group in
+//! memory before anything is written: appends in queue order, each accepted when its
+//! expected version is the stream's head (and then moving that head), else set aside as a
+//! mismatch. Nothing refused is ever inserted, so a refused append cannot fail its
+//! neighbours and no savepoints are needed. Two ways to commit a group:
 //!
-//! 1. one round trip: `BEGIN`, lock the position counter (`SELECT ... FOR UPDATE`), and read
-//!    the last version of every stream the group touches. The head read is a statement of
-//!    its own after the lock, so its snapshot includes every append committed before the lock
-//!    was granted; and no other writer can insert until this transaction ends. So the heads
-//!    are exact for the whole transaction.
-//! 2. in memory, the appends in queue order: an append whose expected version is the head
-//!    takes the next versions and positions and moves the head; any other is a mismatch.
-//!    Nothing is inserted yet, so a refused append never disturbs its neighbours (no
-//!    savepoints, no failed statements).
-//! 3. only if there are mismatches, one round trip reading the stored events in their slots,
-//!    to tell an idempotent retry from a conflict (slots this same group fills are checked
-//!    in memory).
-//! 4. one round trip: a single `INSERT ... SELECT FROM unnest(...)` of every accepted event,
-//!    the counter update, `pg_notify`, and `COMMIT`.
+//! - **Fast path**, one round trip: `BEGIN`, the `append` statement, `COMMIT`, pipelined. The
+//!   heads come from the writer's cache of heads it has committed or read (fetched without a
+//!   lock for streams it does not know; a stream's first append at `NoStream` is assumed new).
+//!   Any head once committed is a lower bound of the real one, since versions only grow: if
+//!   another node has moved the stream on, the version the group inserts already exists and
+//!   `UNIQUE (stream, version)` refuses it. The `append` statement takes the position lock
+//!   itself, so the lock is held only for the insert and the commit, never across a round
+//!   trip to this process.
+//! - **Exact path**, when the group has a mismatch or the fast path hit the unique
+//!   constraint: `BEGIN`, lock the position counter, read the heads (now exact: every writer
+//!   takes the lock before inserting), then, for mismatches, one read of the stored events
+//!   in their slots to tell an idempotent retry from a conflict; then the `append` statement
+//!   and `COMMIT`.
 //!
-//! Statements are pipelined: tokio-postgres sends each request when its future is first
-//! polled, and `join!(biased; ...)` polls them in order, so a group costs two round trips
-//! plus the commit's WAL flush, whatever its size. Callers are answered only after COMMIT
-//! returned. A failure before COMMIT fails the whole group with nothing written; a failure of
-//! the connection while COMMIT was in flight fails it with an outcome nobody knows, which a
-//! retry with the same event ids settles (the idempotency rules).
+//! Statements are pipelined: tokio-postgres sends a request when its future is first polled,
+//! and `join!(biased; ...)` polls them in order. Callers are answered only after COMMIT
+//! returned. A failure before COMMIT fails the whole group with nothing written; a failure
+//! of the connection while COMMIT was in flight fails it with an outcome nobody knows, which
+//! a retry with the same event ids settles (the idempotency rules).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use deadpool_postgres::{Object, Pool};
 use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError, StreamVersion};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -45,6 +48,10 @@ pub const MAX_BATCH: usize = 512;
 
 /// Appends waiting for the writer. Callers beyond this wait to enqueue (backpressure).
 pub const QUEUE_CAPACITY: usize = 8192;
+
+/// Streams whose head the writer remembers. Past this the cache starts over: a miss costs
+/// one read, and the cache must not grow with the number of accounts.
+const HEAD_CACHE_LIMIT: usize = 100_000;
 
 /// One queued append and where to send its answer.
 #[derive(Debug)]
@@ -70,21 +77,13 @@ pub(crate) fn spawn(
     hooks: Arc<Hooks>,
 ) -> (mpsc::Sender<Request>, JoinHandle<()>) {
     let (requests, queue) = mpsc::channel(QUEUE_CAPACITY);
-    let task = tokio::spawn(run(queue, pool, sql, hooks));
-    (requests, task)
-}
-
-async fn run(mut queue: mpsc::Receiver<Request>, pool: Pool, sql: Arc<Sql>, hooks: Arc<Hooks>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Appends that queue while a group commits form the next group: no timer is needed for
-    // groups to grow with the load.
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let answers = group_commit(&pool, &sql, &hooks, &batch).await;
-        for (request, answer) in batch.drain(..).zip(answers) {
-            // A caller that stopped waiting cannot be told; its append stands.
-            let _ = request.reply.send(answer);
-        }
-    }
+    let writer = Writer {
+        pool,
+        sql,
+        hooks,
+        heads: HashMap::new(),
+    };
+    (requests, tokio::spawn(writer.run(queue)))
 }
 
 /// How a group commit failed as a whole.
@@ -104,6 +103,11 @@ impl Failure {
         } else {
             Failure::Unknown(error)
         }
+    }
+
+    /// The fast path's guess of a head was stale: another writer has the version.
+    fn is_stale_head(&self) -> bool {
+        matches!(self, Failure::NotWritten(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION))
     }
 
     fn message(&self) -> String {
@@ -126,127 +130,232 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
-/// Commits `batch` as one transaction; one answer per request, in order.
-async fn group_commit(pool: &Pool, sql: &Sql, hooks: &Hooks, batch: &[Request]) -> Vec<Answer> {
-    let client = match pool.get().await {
-        Ok(client) => client,
-        Err(error) => {
-            let message = match pool_unavailable("the append was not written", error) {
-                StoreError::Unavailable(message) => message,
-                other => other.to_string(),
-            };
-            return batch
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(message.clone())))
-                .collect();
+struct Writer {
+    pool: Pool,
+    sql: Arc<Sql>,
+    hooks: Arc<Hooks>,
+    /// Heads this writer has committed or read: lower bounds of the real heads.
+    heads: HashMap<String, StreamVersion>,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Appends that queue while a group commits form the next group: no timer is needed
+        // for groups to grow with the load.
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let answers = self.group_commit(&batch).await;
+            for (request, answer) in batch.drain(..).zip(answers) {
+                // A caller that stopped waiting cannot be told; its append stands.
+                let _ = request.reply.send(answer);
+            }
         }
-    };
-    match try_group_commit(&client, sql, hooks, batch).await {
-        Ok(answers) => answers,
-        Err(failure) => {
-            // The connection may be inside a transaction or broken: never hand it out again.
-            drop(Object::take(client));
-            let message = failure.message();
-            tracing::error!(appends = batch.len(), %message, "group commit failed");
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(message.clone())))
-                .collect()
+    }
+
+    /// Commits `batch` as one transaction; one answer per request, in order.
+    async fn group_commit(&mut self, batch: &[Request]) -> Vec<Answer> {
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(error) => {
+                let message = match pool_unavailable("the append was not written", error) {
+                    StoreError::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
+                return batch
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(message.clone())))
+                    .collect();
+            }
+        };
+        let committed = match self.fast_path(&client, batch).await {
+            Ok(Some(plan)) => Ok(plan),
+            Ok(None) => self.exact_path(&client, batch).await,
+            Err(failure) if failure.is_stale_head() => self.exact_path(&client, batch).await,
+            Err(failure) => Err(failure),
+        };
+        match committed {
+            Ok(plan) => {
+                self.remember(&plan.heads);
+                plan.into_answers()
+            }
+            Err(failure) => {
+                // The connection may be inside a transaction or broken: never use it again.
+                drop(Object::take(client));
+                let message = failure.message();
+                tracing::error!(appends = batch.len(), %message, "group commit failed");
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(message.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    /// Commits the group in one round trip if the known heads say every append fits;
+    /// `None` (nothing done) if some does not.
+    async fn fast_path<'b>(
+        &mut self,
+        client: &Object,
+        batch: &'b [Request],
+    ) -> Result<Option<Plan<'b>>, Failure> {
+        let mut heads = HashMap::new();
+        let mut unknown = Vec::new();
+        for request in batch {
+            if heads.contains_key(&request.stream) || unknown.contains(&request.stream.as_str()) {
+                continue;
+            }
+            match self.heads.get(&request.stream) {
+                Some(&head) => {
+                    heads.insert(request.stream.clone(), head);
+                }
+                // A first append at `NoStream` guesses that the stream is new.
+                None if request.expected == ExpectedVersion::NoStream => {
+                    heads.insert(request.stream.clone(), 0);
+                }
+                None => unknown.push(request.stream.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            let statement = client.prepare_cached(&self.sql.stream_heads).await?;
+            let rows = client.query(&statement, &[&unknown]).await?;
+            read_heads(rows, &mut heads)?;
+            self.remember(&heads);
+        }
+        let mut plan = Plan::new(0, heads, batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            plan.apply(index, request);
+        }
+        if !plan.mismatches.is_empty() {
+            return Ok(None);
+        }
+        let last = self.write(client, &plan, true).await?;
+        // Positions were counted from 0: the statement says where they really start.
+        plan.shift_positions(last - plan.last_position);
+        Ok(Some(plan))
+    }
+
+    /// Commits the group with heads read under the position lock.
+    async fn exact_path<'b>(
+        &mut self,
+        client: &Object,
+        batch: &'b [Request],
+    ) -> Result<Plan<'b>, Failure> {
+        let lock = client.prepare_cached(&self.sql.lock_position).await?;
+        let head_query = client.prepare_cached(&self.sql.stream_heads).await?;
+        let mut seen = HashSet::with_capacity(batch.len());
+        let names: Vec<&str> = batch
+            .iter()
+            .map(|request| request.stream.as_str())
+            .filter(|name| seen.insert(*name))
+            .collect();
+        let head_params: [&(dyn ToSql + Sync); 1] = [&names];
+        // The head read is a statement of its own after the lock, so its snapshot holds
+        // every append committed before the lock was granted.
+        let (begun, locked, head_rows) = tokio::join!(
+            biased;
+            client.batch_execute("BEGIN"),
+            client.query_one(&lock, &[]),
+            client.query(&head_query, &head_params),
+        );
+        begun?;
+        let last_position = unsigned(locked?.try_get(0)?);
+        let mut heads = HashMap::with_capacity(names.len());
+        read_heads(head_rows?, &mut heads)?;
+
+        let mut plan = Plan::new(last_position, heads, batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            plan.apply(index, request);
+        }
+        if !plan.mismatches.is_empty() {
+            let stored = read_slots(client, &self.sql, batch, &plan).await?;
+            plan.settle_mismatches(batch, &stored);
+        }
+        if plan.rows.streams.is_empty() {
+            // Refusals and retries only: nothing to write.
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(plan);
+        }
+        let last = self.write(client, &plan, false).await?;
+        if last != plan.last_position {
+            tracing::error!(
+                expected = plan.last_position,
+                got = last,
+                "the position counter moved while locked: something writes without the lock"
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Inserts the plan's rows and commits (opening the transaction first if `begin`);
+    /// returns the position of the last row.
+    async fn write(&self, client: &Object, plan: &Plan<'_>, begin: bool) -> Result<u64, Failure> {
+        let append = client.prepare_cached(&self.sql.append).await?;
+        let rows = &plan.rows;
+        let count = sql_int(rows.streams.len() as u64);
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &count,
+            &rows.streams,
+            &rows.versions,
+            &rows.ids,
+            &rows.types,
+            &rows.payloads,
+            &self.sql.schema,
+        ];
+        let open = async {
+            if begin {
+                client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        };
+        if self.hooks.armed() {
+            // Test-only: everything but the COMMIT, then wait for the test's signal.
+            let (opened, appended) = tokio::join!(biased; open, client.query_one(&append, &params));
+            opened?;
+            let last = unsigned(appended?.try_get(0)?);
+            self.hooks.hold(last).await;
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(Failure::in_commit)?;
+            return Ok(last);
+        }
+        let (opened, appended, committed) = tokio::join!(
+            biased;
+            open,
+            client.query_one(&append, &params),
+            client.batch_execute("COMMIT"),
+        );
+        // After a failed statement the transaction is aborted and COMMIT answers ROLLBACK
+        // without an error: the statements decide, before the COMMIT's own result.
+        opened?;
+        let last = appended.map_err(Failure::in_commit)?.try_get(0)?;
+        committed.map_err(Failure::in_commit)?;
+        Ok(unsigned(last))
+    }
+
+    /// Records heads that are committed (or were read), keeping the larger of what is known.
+    fn remember(&mut self, heads: &HashMap<String, StreamVersion>) {
+        if self.heads.len() + heads.len() > HEAD_CACHE_LIMIT {
+            self.heads.clear();
+        }
+        for (stream, &head) in heads {
+            let known = self.heads.entry(stream.clone()).or_insert(head);
+            *known = (*known).max(head);
         }
     }
 }
 
-async fn try_group_commit(
-    client: &Object,
-    sql: &Sql,
-    hooks: &Hooks,
-    batch: &[Request],
-) -> Result<Vec<Answer>, Failure> {
-    let lock = client.prepare_cached(&sql.lock_position).await?;
-    let heads = client.prepare_cached(&sql.stream_heads).await?;
-    let mut seen = HashSet::with_capacity(batch.len());
-    let names: Vec<&str> = batch
-        .iter()
-        .map(|request| request.stream.as_str())
-        .filter(|name| seen.insert(*name))
-        .collect();
-    let head_params: [&(dyn ToSql + Sync); 1] = [&names];
-    let (begun, locked, head_rows) = tokio::join!(
-        biased;
-        client.batch_execute("BEGIN"),
-        client.query_one(&lock, &[]),
-        client.query(&heads, &head_params),
-    );
-    begun?;
-    let last_position = unsigned(locked?.try_get(0)?);
-    let mut stream_heads = HashMap::with_capacity(names.len());
-    for row in head_rows? {
+fn read_heads(
+    rows: Vec<tokio_postgres::Row>,
+    heads: &mut HashMap<String, StreamVersion>,
+) -> Result<(), tokio_postgres::Error> {
+    for row in rows {
         let name: String = row.try_get(0)?;
         let version: Option<i64> = row.try_get(1)?;
-        stream_heads.insert(name, version.map_or(0, unsigned));
+        heads.insert(name, version.map_or(0, unsigned));
     }
-
-    let mut plan = Plan::new(last_position, stream_heads, batch.len());
-    for (index, request) in batch.iter().enumerate() {
-        plan.apply(index, request);
-    }
-    if !plan.mismatches.is_empty() {
-        let stored = read_slots(client, sql, batch, &plan).await?;
-        plan.settle_mismatches(batch, &stored);
-    }
-
-    if plan.rows.positions.is_empty() {
-        // Refusals and retries only: nothing to write.
-        client.batch_execute("ROLLBACK").await?;
-        return Ok(plan.into_answers());
-    }
-    let insert = client.prepare_cached(&sql.insert).await?;
-    let set_position = client.prepare_cached(&sql.set_position).await?;
-    let notify = client.prepare_cached(&sql.notify).await?;
-    let rows = &plan.rows;
-    let new_last = sql_int(plan.last_position);
-    let set_params: [&(dyn ToSql + Sync); 1] = [&new_last];
-    let notify_params: [&(dyn ToSql + Sync); 1] = [&sql.schema];
-    let insert_params: [&(dyn ToSql + Sync); 6] = [
-        &rows.positions,
-        &rows.streams,
-        &rows.versions,
-        &rows.ids,
-        &rows.types,
-        &rows.payloads,
-    ];
-    if hooks.armed() {
-        // Test-only path: everything but the COMMIT, then wait for the test's signal.
-        let (inserted, moved, notified) = tokio::join!(
-            biased;
-            client.execute(&insert, &insert_params),
-            client.execute(&set_position, &set_params),
-            client.execute(&notify, &notify_params),
-        );
-        inserted?;
-        moved?;
-        notified?;
-        hooks.hold(plan.last_position).await;
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(Failure::in_commit)?;
-        return Ok(plan.into_answers());
-    }
-    let (inserted, moved, notified, committed) = tokio::join!(
-        biased;
-        client.execute(&insert, &insert_params),
-        client.execute(&set_position, &set_params),
-        client.execute(&notify, &notify_params),
-        client.batch_execute("COMMIT"),
-    );
-    // After a failed statement the transaction is aborted and COMMIT answers ROLLBACK
-    // without an error: the statements decide, before the COMMIT's own result.
-    inserted.map_err(Failure::in_commit)?;
-    moved.map_err(Failure::in_commit)?;
-    notified.map_err(Failure::in_commit)?;
-    committed.map_err(Failure::in_commit)?;
-    Ok(plan.into_answers())
+    Ok(())
 }
 
 /// An event in a slot, stored or about to be.
@@ -258,10 +367,10 @@ struct Slot<'a> {
     payload: &'a [u8],
 }
 
-/// The accepted events as the parallel arrays the insert takes.
+/// The accepted events as the parallel arrays the `append` statement takes (positions are
+/// handed out by the statement, in array order).
 #[derive(Debug, Default)]
 struct Rows<'b> {
-    positions: Vec<i64>,
     streams: Vec<&'b str>,
     versions: Vec<i64>,
     ids: Vec<Uuid>,
@@ -307,7 +416,6 @@ impl<'b> Plan<'b> {
         for (offset, event) in request.events.iter().enumerate() {
             let version = base + 1 + offset as u64;
             self.last_position += 1;
-            self.rows.positions.push(sql_int(self.last_position));
             self.rows.streams.push(stream);
             self.rows.versions.push(sql_int(version));
             self.rows.ids.push(event.event_id);
@@ -330,6 +438,15 @@ impl<'b> Plan<'b> {
             last_version,
             position: self.last_position,
         }));
+    }
+
+    /// Moves the positions of the accepted appends by `offset`, for a plan counted from 0.
+    /// Only for a plan without mismatches, whose answers are all accepted appends.
+    fn shift_positions(&mut self, offset: u64) {
+        for outcome in self.answers.iter_mut().flatten().flatten() {
+            outcome.position += offset;
+        }
+        self.last_position += offset;
     }
 
     /// The stored slots the mismatched appends aim at (those this group fills excluded),

@@ -314,3 +314,78 @@ async fn each_append_in_a_group_stands_on_its_own() {
     assert_eq!(store.read_stream(&fresh, 1, 10).await.unwrap().len(), 1);
     assert_eq!(store.read_stream(&existing, 1, 10).await.unwrap().len(), 4);
 }
+
+/// Each node's writer guesses heads from what it committed itself; another node moving a
+/// stream on must turn those guesses into the exact answers, never into a gap or a
+/// duplicate version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_heads_of_another_node_are_caught() {
+    let Some(url) = database().await else { return };
+    let schema = TestSchema::new(&url);
+    let (a, b, c) = (
+        schema.open().await,
+        schema.open().await,
+        schema.open().await,
+    );
+    let stream = stream_name();
+    a.append(&stream, ExpectedVersion::NoStream, vec![new_event("a1")])
+        .await
+        .unwrap();
+    let b_event = new_event("b2");
+    let b_outcome = b
+        .append(&stream, ExpectedVersion::Exact(1), vec![b_event.clone()])
+        .await
+        .unwrap();
+
+    // A still believes the stream is at 1.
+    match a
+        .append(
+            &stream,
+            ExpectedVersion::Exact(1),
+            vec![new_event("a-stale")],
+        )
+        .await
+    {
+        Err(StoreError::WrongExpectedVersion { actual: 2, .. }) => {}
+        other => panic!("a stale head: expected WrongExpectedVersion at 2, got {other:?}"),
+    }
+    let retried = a
+        .append(&stream, ExpectedVersion::Exact(1), vec![b_event])
+        .await
+        .expect("a retry of B's append through A");
+    assert_eq!(retried, b_outcome);
+    a.append(&stream, ExpectedVersion::Exact(2), vec![new_event("a3")])
+        .await
+        .unwrap();
+
+    // C has never seen the stream.
+    match c
+        .append(&stream, ExpectedVersion::NoStream, vec![new_event("c-new")])
+        .await
+    {
+        Err(StoreError::WrongExpectedVersion { actual: 3, .. }) => {}
+        other => panic!("NoStream on an existing stream: got {other:?}"),
+    }
+    match c
+        .append(
+            &stream,
+            ExpectedVersion::Exact(7),
+            vec![new_event("c-ahead")],
+        )
+        .await
+    {
+        Err(StoreError::WrongExpectedVersion { actual: 3, .. }) => {}
+        other => panic!("an expected version ahead of the stream: got {other:?}"),
+    }
+    c.append(&stream, ExpectedVersion::Exact(3), vec![new_event("c4")])
+        .await
+        .unwrap();
+    let versions: Vec<u64> = a
+        .read_stream(&stream, 1, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+}
