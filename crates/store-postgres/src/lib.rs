@@ -49,6 +49,7 @@ use tokio::task::JoinHandle;
 mod config;
 mod error;
 mod hooks;
+mod plan;
 mod reader;
 mod schema;
 mod subscription;
