@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
 use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError, StreamVersion};
@@ -52,6 +53,31 @@ pub const QUEUE_CAPACITY: usize = 8192;
 /// Streams whose head the writer remembers. Past this the cache starts over: a miss costs
 /// one read, and the cache must not grow with the number of accounts.
 const HEAD_CACHE_LIMIT: usize = 100_000;
+
+/// Bounds of how long a group waits for the appenders the previous one answered before
+/// committing without them: half the previous group's duration, so that waiting can never
+/// cost more than it saves. A lone appender's group (expected size 1) never waits.
+const MIN_GATHER_WINDOW: Duration = Duration::from_micros(100);
+const MAX_GATHER_WINDOW: Duration = Duration::from_millis(2);
+
+/// Takes more queued appends into `batch` until it holds `expected` of them or `window` has
+/// passed.
+async fn gather(
+    queue: &mut mpsc::Receiver<Request>,
+    batch: &mut Vec<Request>,
+    expected: usize,
+    window: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.len() < expected {
+        let room = MAX_BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, queue.recv_many(batch, room)).await {
+            Ok(taken) if taken > 0 => {}
+            // Closed (the store is closing) or out of time: commit what is here.
+            _ => return,
+        }
+    }
+}
 
 /// One queued append and where to send its answer.
 #[derive(Debug)]
@@ -141,10 +167,19 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        // Appends that queue while a group commits form the next group: no timer is needed
-        // for groups to grow with the load.
+        let mut expected = 1;
+        let mut window = MIN_GATHER_WINDOW;
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            gather(&mut queue, &mut batch, expected, window).await;
+            let started = Instant::now();
             let answers = self.group_commit(&batch).await;
+            // The appenders about to be answered usually append again at once, and those
+            // that queued during this commit are waiting: the next group should carry them
+            // all rather than start with the first few back and leave the rest for the one
+            // after (which halves the groups). Counted before answering, so that an appender
+            // already back is not counted twice.
+            expected = (queue.len() + batch.len()).min(MAX_BATCH);
+            window = (started.elapsed() / 2).clamp(MIN_GATHER_WINDOW, MAX_GATHER_WINDOW);
             for (request, answer) in batch.drain(..).zip(answers) {
                 // A caller that stopped waiting cannot be told; its append stands.
                 let _ = request.reply.send(answer);
