@@ -187,10 +187,25 @@ async fn migrate_in_transaction(client: &Object, schema: &str) -> Result<(), Sto
         return Ok(());
     }
     if stored == 0 {
+        // Only when missing: creating a schema needs CREATE on the database, which a role
+        // given an existing schema may lack.
+        let exists: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE SCHEMA {s}"))
+                .await
+                .map_err(fail)?;
+        }
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {s};
-                 CREATE TABLE {s}.ledger_meta (
+                "CREATE TABLE {s}.ledger_meta (
                      singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
                      format_version integer NOT NULL
                  );
