@@ -234,27 +234,32 @@ impl Writer {
         batch: &'b [Request],
     ) -> Result<Option<Plan<'b>>, Failure> {
         let mut heads = HashMap::new();
-        let mut unknown = Vec::new();
+        let mut unknown = HashSet::new();
         for request in batch {
-            if heads.contains_key(&request.stream) || unknown.contains(&request.stream.as_str()) {
+            let stream = request.stream.as_str();
+            if heads.contains_key(stream) || unknown.contains(stream) {
                 continue;
             }
-            match self.heads.get(&request.stream) {
+            match self.heads.get(stream) {
                 Some(&head) => {
-                    heads.insert(request.stream.clone(), head);
+                    heads.insert(stream.to_owned(), head);
                 }
                 // A first append at `NoStream` guesses that the stream is new.
                 None if request.expected == ExpectedVersion::NoStream => {
-                    heads.insert(request.stream.clone(), 0);
+                    heads.insert(stream.to_owned(), 0);
                 }
-                None => unknown.push(request.stream.as_str()),
+                None => {
+                    unknown.insert(stream);
+                }
             }
         }
         if !unknown.is_empty() {
             let statement = client.prepare_cached(&self.sql.stream_heads).await?;
-            let rows = client.query(&statement, &[&unknown]).await?;
-            read_heads(rows, &mut heads)?;
-            self.remember(&heads);
+            let unknown: Vec<&str> = unknown.into_iter().collect();
+            let mut read = HashMap::with_capacity(unknown.len());
+            read_heads(client.query(&statement, &[&unknown]).await?, &mut read)?;
+            self.remember(&read);
+            heads.extend(read);
         }
         let mut plan = Plan::new(0, heads, batch.len());
         for (index, request) in batch.iter().enumerate() {
