@@ -11,6 +11,7 @@
 
 mod admission;
 mod cli;
+mod cluster;
 mod concurrency;
 mod contract;
 mod errors;
