@@ -22,4 +22,5 @@ mod openapi;
 mod reads;
 mod roles;
 mod stories;
+mod storm;
 mod support;

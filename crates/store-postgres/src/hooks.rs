@@ -12,9 +12,10 @@ pub(crate) use disabled::Hooks;
 
 #[cfg(not(feature = "test-hooks"))]
 mod disabled {
-    /// No hooks: never armed.
+    /// No hooks: never armed. A field-less struct with braces, so that `Hooks::default()`
+    /// reads the same with and without the feature.
     #[derive(Debug, Default)]
-    pub(crate) struct Hooks;
+    pub(crate) struct Hooks {}
 
     impl Hooks {
         pub(crate) fn armed(&self) -> bool {
