@@ -40,9 +40,14 @@ for tool in wrk pgbench psql curl; do
     fi
 done
 
-log "building the release binary"
-timeout 3600 cargo build --release -p ledger-cli --quiet
-BIN="target/release/ledger"
+# LEDGER_BIN measures a given binary instead of building one.
+if [[ -n "${LEDGER_BIN:-}" ]]; then
+    BIN="$LEDGER_BIN"
+else
+    log "building the release binary"
+    timeout 3600 cargo build --release -p ledger-cli --quiet
+    BIN="target/release/ledger"
+fi
 
 WORK="$(mktemp -d -t ledger-cluster-XXXXXX)"
 DB="ledger_bench_$$"

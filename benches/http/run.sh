@@ -152,6 +152,8 @@ SEEDED="$(awk '/requests in/ { print $1 }' "$SEED_OUT")"
 # thread's, so every replayed id was acknowledged.
 export BENCH_REPLAY_OF="seed" BENCH_REPLAY_MAX=$((SEEDED / THREADS / 2))
 fresh_201() { curl -sS --max-time 10 "$BASE/metrics" | awk '/^ledger_http_requests_total\{.*route="\/v1\/accounts\/\{id\}\/charges".*status="201"/ { s += $NF } END { print s + 0 }'; }
+# Requests wrk had in flight when the seeding run ended are still being answered.
+sleep 1
 BEFORE_REPLAY_201="$(fresh_201)"
 read -r R_RPS R_P99 R_ERR < <(measure replays "${AUTH[@]}" -s "$HERE/replay.lua" "$BASE")
 REPLAY_WROTE=$(( $(fresh_201) - BEFORE_REPLAY_201 ))
