@@ -102,6 +102,7 @@ STORE="$(db_url "$DB")"
 ADDRS=()
 start_node() {
     local n="$1"
+    : >"$WORK/node$n.out"
     "$BIN" serve --data "$WORK/node$n" --listen 127.0.0.1:0 --store "$STORE" \
         >"$WORK/node$n.out" 2>"$WORK/node$n.err" &
     PIDS+=($!)
