@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use chrono::SecondsFormat;
 use serde::Serialize;
 
+use crate::buckets;
 use crate::catalog::{Catalog, Model, PriceUnit, Scope, Tier};
 use crate::command::Command;
 use crate::credits::Credits;
@@ -20,6 +20,9 @@ use crate::envelope::Envelope;
 use crate::events::*;
 use crate::rejection::Rejection;
 use crate::state::{Account, Balance, Core, Totals};
+use crate::time::rfc3339;
+
+pub use crate::buckets::BucketName;
 use crate::time::Instant;
 
 /// An account explained as of `at`: the JSON the explain endpoint answers with and what
@@ -83,28 +86,6 @@ pub struct BucketChange {
     /// hold's `hold_id` for held credits.
     pub id: String,
     pub delta: i64,
-}
-
-/// The buckets a change can touch. Held credits are a bucket of their own here: a hold
-/// moves credits out of the allowance, top-ups or grants into `held`, and back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BucketName {
-    Allowance,
-    TopUp,
-    Grant,
-    Held,
-}
-
-impl BucketName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BucketName::Allowance => "allowance",
-            BucketName::TopUp => "top_up",
-            BucketName::Grant => "grant",
-            BucketName::Held => "held",
-        }
-    }
 }
 
 /// Running bucket sums after an event, at the event's `occurred_at`.
@@ -352,27 +333,13 @@ impl Buckets {
                 amount,
             );
         };
-        if let Some(allowance) = &balance.allowance {
-            put(
-                BucketName::Allowance,
-                &allowance.id,
-                allowance.since_version,
-                allowance.remaining,
-            );
-        }
-        for lot in &balance.top_ups {
-            put(BucketName::TopUp, &lot.id, 0, lot.remaining);
-        }
-        for lot in &balance.grants {
-            put(BucketName::Grant, &lot.id, 0, lot.remaining);
+        for bucket in balance.buckets() {
+            if let Some(name) = BucketName::of(bucket.kind) {
+                put(name, bucket.id, bucket.generation, bucket.remaining);
+            }
         }
         for (hold_id, hold) in &balance.open_holds {
-            put(
-                BucketName::Held,
-                hold_id,
-                hold.version,
-                parts_sum(&hold.placed.earmarked),
-            );
+            put(BucketName::Held, hold_id, hold.version, hold.amount());
         }
         Buckets(buckets)
     }
@@ -412,15 +379,6 @@ fn signed_delta(before: Credits, after: Credits) -> i64 {
     }
 }
 
-/// Parts that moved credits: the unlimited marker records a cost, not a bucket.
-fn parts_sum(parts: &[Part]) -> Credits {
-    parts
-        .iter()
-        .filter(|part| part.bucket != BucketKind::Unlimited)
-        .map(|part| part.amount)
-        .sum()
-}
-
 fn drawn_from(event: &Event) -> Option<Vec<Part>> {
     match event {
         Event::CreditsCharged(data) => Some(data.drawn_from.clone()),
@@ -430,22 +388,11 @@ fn drawn_from(event: &Event) -> Option<Vec<Part>> {
 }
 
 fn running(balance: &Balance, at: Instant) -> Running {
-    let allowance = balance
-        .allowance
-        .as_ref()
-        .filter(|bucket| at < bucket.period_end)
-        .map_or(Credits::ZERO, |bucket| bucket.remaining);
-    let live = |lots: &[crate::state::Lot]| -> Credits {
-        lots.iter()
-            .filter(|lot| lot.is_live(at))
-            .map(|lot| lot.remaining)
-            .sum()
-    };
     Running {
         available: balance.available(at),
-        allowance,
-        top_ups: live(&balance.top_ups),
-        grants: live(&balance.grants),
+        allowance: balance.live_remaining(BucketKind::Allowance, at),
+        top_ups: balance.live_remaining(BucketKind::TopUp, at),
+        grants: balance.live_remaining(BucketKind::Grant, at),
         held: balance.held(),
         in_buckets: balance.total_in_buckets(),
     }
@@ -475,7 +422,7 @@ fn balance_at(core: Option<&Core>, at: Instant) -> BalanceAt {
             period_start: bucket.period_start,
             period_end: bucket.period_end,
             // The rule `Balance::available` applies, so `live` and `total` always agree.
-            live: at < bucket.period_end,
+            live: balance.live_allowance(at).is_some(),
         }),
         top_ups: balance
             .top_ups
@@ -506,7 +453,7 @@ fn balance_at(core: Option<&Core>, at: Instant) -> BalanceAt {
             .map(|hold| HoldAt {
                 hold_id: hold.placed.hold_id.clone(),
                 model: hold.placed.model.clone(),
-                amount: parts_sum(&hold.placed.earmarked),
+                amount: hold.amount(),
                 expires_at: hold.placed.expires_at,
                 live: at < hold.placed.expires_at,
             })
@@ -589,7 +536,7 @@ fn blocked(
 // --- summaries ---------------------------------------------------------------------------
 
 fn instant(at: &Instant) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    rfc3339(at)
 }
 
 fn plural(count: u64, one: &str, many: &str) -> String {
@@ -633,8 +580,8 @@ fn via(via: Via) -> &'static str {
 
 /// "16 returned, 4 forfeited", leaving out what is zero.
 fn returns(returned: &[Part], forfeited: &[Part]) -> String {
-    let returned = parts_sum(returned);
-    let forfeited = parts_sum(forfeited);
+    let returned = buckets::sum(returned);
+    let forfeited = buckets::sum(forfeited);
     match (returned.is_zero(), forfeited.is_zero()) {
         (true, true) => "nothing returned".to_string(),
         (false, true) => format!("{returned} returned"),

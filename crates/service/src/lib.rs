@@ -8,6 +8,7 @@ pub mod clock;
 pub mod export;
 pub mod ledger;
 pub mod metrics;
+pub mod pages;
 pub mod scheduler;
 pub mod summary;
 pub mod tokens;
