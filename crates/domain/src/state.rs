@@ -410,7 +410,7 @@ pub fn evolve_core(core: &mut Core, event: &Event, version: u64) {
 }
 
 /// The id of the hold an event resolves, if it resolves one.
-fn resolved_hold_id(event: &Event) -> Option<&str> {
+pub(crate) fn resolved_hold_id(event: &Event) -> Option<&str> {
     match event {
         Event::HoldCaptured(data) => Some(&data.hold_id),
         Event::HoldReleased(data) => Some(&data.hold_id),

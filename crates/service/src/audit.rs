@@ -15,6 +15,7 @@ use ledger_domain::{Account, Catalog, Instant, Rejection};
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
 use serde::Serialize;
 
+use crate::explain_text::render;
 use crate::ledger::CommandError;
 use crate::pages::{read_all_pages, read_stream_pages, ALL_PAGE};
 use crate::views::ReadModel;
@@ -90,7 +91,7 @@ pub fn explain_instant(at: Option<Instant>, now: Instant) -> Result<Instant, Fut
     }
 }
 
-/// The explain timeline of an account as of `at` (default `now`). An `at` later than `now`
+/// The explain timeline of an account as of `at` (default `now`), its summaries in words. An `at` later than `now`
 /// is refused before anything is read.
 pub async fn explain_account(
     store: &dyn EventStore,
@@ -98,10 +99,10 @@ pub async fn explain_account(
     account_id: &str,
     at: Option<Instant>,
     now: Instant,
-) -> Result<Explanation, CommandError> {
+) -> Result<Explanation<String>, CommandError> {
     let at = explain_instant(at, now).map_err(Rejection::from)?;
     let envelopes = read_account(store, account_id).await?;
-    Ok(explain(account_id, &envelopes, catalog, at))
+    Ok(render(explain(account_id, &envelopes, catalog, at)))
 }
 
 fn in_window(raw: &RawEnvelope, since: Option<Instant>, until: Option<Instant>) -> bool {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod audit;
 pub mod clock;
+pub mod explain_text;
 pub mod export;
 pub mod ledger;
 pub mod metrics;
