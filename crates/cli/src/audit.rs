@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use ledger_domain::envelope::RawEnvelope;
-use ledger_domain::explain::render_text;
 use ledger_domain::{Catalog, Instant};
+use ledger_service::explain_text::render_text;
 use ledger_service::{audit, export};
 
 use crate::serve::{load_catalog, open_store, read_views};

@@ -158,7 +158,7 @@ impl Command {
     /// The id stored in the envelope and hashed into event ids: the caller's id where the
     /// command has one, so that a retried command maps to the same event ids.
     pub fn command_id(&self, now: Instant) -> String {
-        let at = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        let at = crate::time::rfc3339(&now);
         match self {
             Command::OpenAccount => "open".into(),
             Command::ChangeSubscription(c) => format!("subscription:{}", c.reference),

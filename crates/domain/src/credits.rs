@@ -35,6 +35,12 @@ impl Credits {
         self.0.checked_add(other.0).map(Credits)
     }
 
+    /// `self + other`, capped at `u64::MAX`. For reporting amounts (a balance after a
+    /// return); the ledger's own totals assert instead, see `buckets`.
+    pub fn saturating_add(self, other: Credits) -> Credits {
+        Credits(self.0.saturating_add(other.0))
+    }
+
     pub fn checked_sub(self, other: Credits) -> Option<Credits> {
         self.0.checked_sub(other.0).map(Credits)
     }

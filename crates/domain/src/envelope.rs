@@ -1,7 +1,8 @@
 //! The envelope every stored event travels in (SPEC section 10), its deterministic id, and
 //! the per-account hash chain finance verifies offline.
 
-use chrono::SecondsFormat;
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -59,10 +60,6 @@ pub struct Envelope {
     pub prev_hash: String,
     pub hash: String,
     pub event: Event,
-}
-
-fn instant_text(at: &Instant) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// The chain hash: SHA-256 over the previous hash and every field but the position (which
@@ -192,24 +189,39 @@ impl RawEnvelope {
     }
 }
 
-/// Decodes a stored payload straight to its event, upcasting old versions. The fast path of
-/// replay: it borrows the data instead of copying it.
-pub fn decode_payload_event(payload: &[u8]) -> Result<(u64, Event), DecodeError> {
-    #[derive(Deserialize)]
-    struct Slim<'a> {
-        version: u64,
-        #[serde(rename = "type", borrow)]
-        type_name: &'a str,
-        schema_version: u32,
-        #[serde(borrow)]
-        data: &'a RawValue,
+/// The envelope fields a fold needs, borrowed from a stored payload: the fast path of replay
+/// and of the projector, which never copy the data. The one slim decoder; the full one is
+/// [`RawEnvelope`].
+#[derive(Debug, Deserialize)]
+pub struct SlimEnvelope<'a> {
+    pub version: u64,
+    #[serde(rename = "type", borrow)]
+    pub type_name: Cow<'a, str>,
+    pub schema_version: u32,
+    /// As stored; the projector reads it for its lag metric.
+    #[serde(borrow)]
+    pub recorded_at: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+impl<'a> SlimEnvelope<'a> {
+    /// Parses a stored payload, leaving `data` undecoded.
+    pub fn parse(payload: &'a [u8]) -> Result<SlimEnvelope<'a>, DecodeError> {
+        serde_json::from_slice(payload).map_err(|err| DecodeError::Envelope(err.to_string()))
     }
-    let slim: Slim<'_> =
-        serde_json::from_slice(payload).map_err(|err| DecodeError::Envelope(err.to_string()))?;
-    Ok((
-        slim.version,
-        decode_event(slim.type_name, slim.schema_version, slim.data.get())?,
-    ))
+
+    /// Decodes the event, upcasting old versions.
+    pub fn event(&self) -> Result<Event, DecodeError> {
+        decode_event(&self.type_name, self.schema_version, self.data.get())
+    }
+}
+
+/// Decodes a stored payload straight to its stream version and event, upcasting old
+/// versions.
+pub fn decode_payload_event(payload: &[u8]) -> Result<(u64, Event), DecodeError> {
+    let slim = SlimEnvelope::parse(payload)?;
+    Ok((slim.version, slim.event()?))
 }
 
 /// Seals `events` into envelopes that continue the chain after `prev_hash` and `version`.
@@ -223,8 +235,8 @@ pub fn seal(
     recorded_at: Instant,
     events: Vec<Event>,
 ) -> Vec<(Envelope, Vec<u8>)> {
-    let occurred_text = instant_text(&occurred_at);
-    let recorded_text = instant_text(&recorded_at);
+    let occurred_text = crate::time::rfc3339(&occurred_at);
+    let recorded_text = crate::time::rfc3339(&recorded_at);
     let mut prev = prev_hash.to_string();
     let mut sealed = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {

@@ -3,50 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::SecondsFormat;
-
-use crate::catalog::{PriceUnit, Scope, Tier};
+use crate::catalog::{Scope, Tier};
 use crate::credits::Credits;
 use crate::events::*;
 use crate::time::Instant;
 
-/// The allowance bucket of the current period.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AllowanceBucket {
-    /// The bucket's id in parts: the period start, RFC 3339.
-    pub id: String,
-    pub period_start: Instant,
-    pub period_end: Instant,
-    pub amount: Credits,
-    pub remaining: Credits,
-    /// The stream version of the event that set this bucket. A period may start at the same
-    /// instant as the one it replaces, so the id alone cannot tell a reset bucket apart.
-    pub since_version: u64,
-}
-
-/// A top-up lot or a grant.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Lot {
-    pub id: String,
-    pub credits: Credits,
-    pub remaining: Credits,
-    /// `None`: never expires (grants only).
-    pub expires_at: Option<Instant>,
-}
-
-impl Lot {
-    pub fn is_live(&self, at: Instant) -> bool {
-        self.expires_at.is_none_or(|expires_at| at < expires_at)
-    }
-}
-
-/// A hold: credits earmarked for a run that has not finished yet.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Hold {
-    pub placed: HoldPlaced,
-    /// The stream version of `hold_placed`.
-    pub version: u64,
-}
+pub use crate::buckets::{allowance_id, AllowanceBucket, Balance, Hold, Lot, Totals};
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,18 +101,6 @@ impl Verification {
     }
 }
 
-/// Running totals: `granted - charged + refunded - forfeited` always equals the credits in
-/// the buckets plus the credits held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Totals {
-    pub granted: Credits,
-    pub charged: Credits,
-    pub refunded: Credits,
-    pub forfeited: Credits,
-    /// Cost recorded by unlimited charges; never drawn from a bucket.
-    pub charged_unlimited: Credits,
-}
-
 /// The plan an account is on: tier, billing, scope and business verification. The tier
 /// view holds exactly this.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -169,18 +119,6 @@ pub struct PlanState {
     /// Free and annual accounts refresh on this instant's monthly anniversaries.
     pub anchor_at: Instant,
     pub verification: Verification,
-}
-
-/// Where an account's credits sit: the allowance, top-up lots, grants and open holds, with
-/// running totals. The balance view holds exactly this.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Balance {
-    pub allowance: Option<AllowanceBucket>,
-    /// Lots not yet recorded as expired, oldest first.
-    pub top_ups: Vec<Lot>,
-    pub grants: Vec<Lot>,
-    pub open_holds: BTreeMap<String, Hold>,
-    pub totals: Totals,
 }
 
 /// The account's trials, by model. The trial-usage view holds exactly this.
@@ -253,33 +191,6 @@ pub struct Account {
     pub records: Records,
 }
 
-/// The id a part uses for an allowance bucket.
-pub fn allowance_id(period_start: Instant) -> String {
-    period_start.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// The `images`/`seconds` pair a request must have carried for a recorded price unit.
-pub fn request_quantity(unit: PriceUnit, quantity: u32) -> (Option<u32>, Option<u32>) {
-    match unit {
-        PriceUnit::PerImage => (Some(quantity), None),
-        PriceUnit::PerSecond => (None, Some(quantity)),
-        PriceUnit::PerCall => (None, None),
-    }
-}
-
-fn sum_parts(parts: &[Part]) -> Credits {
-    parts
-        .iter()
-        .filter(|part| part.bucket != BucketKind::Unlimited)
-        .map(|part| part.amount)
-        .sum()
-}
-
-fn add(total: &mut Credits, amount: Credits) {
-    // Totals only grow by amounts already bounded on entry; saturate rather than wrap.
-    *total = total.checked_add(amount).unwrap_or(Credits::new(u64::MAX));
-}
-
 impl PlanState {
     /// The plan of a newly opened account.
     pub fn opened(data: &AccountOpened) -> PlanState {
@@ -332,241 +243,6 @@ impl PlanState {
                 if let Verification::Pending(submission) = std::mem::take(&mut self.verification) {
                     self.verification = Verification::Rejected(submission, data.reason.clone());
                 }
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Balance {
-    /// The buckets of a newly opened account: its first allowance.
-    pub fn opened(data: &AccountOpened) -> Balance {
-        Balance {
-            allowance: Some(AllowanceBucket {
-                id: allowance_id(data.period_start),
-                period_start: data.period_start,
-                period_end: data.period_end,
-                amount: data.allowance,
-                remaining: data.allowance,
-                since_version: 1,
-            }),
-            top_ups: Vec::new(),
-            grants: Vec::new(),
-            open_holds: BTreeMap::new(),
-            totals: Totals {
-                granted: data.allowance,
-                ..Totals::default()
-            },
-        }
-    }
-
-    /// Credits that can pay for something at `at`: every live bucket's remainder.
-    pub fn available(&self, at: Instant) -> Credits {
-        let allowance = self
-            .allowance
-            .as_ref()
-            .filter(|bucket| at < bucket.period_end)
-            .map_or(Credits::ZERO, |bucket| bucket.remaining);
-        let lots: Credits = self
-            .top_ups
-            .iter()
-            .chain(&self.grants)
-            .filter(|lot| lot.is_live(at))
-            .map(|lot| lot.remaining)
-            .sum();
-        allowance
-            .checked_add(lots)
-            .unwrap_or(Credits::new(u64::MAX))
-    }
-
-    /// Credits earmarked by open holds.
-    pub fn held(&self) -> Credits {
-        self.open_holds
-            .values()
-            .map(|hold| sum_parts(&hold.placed.earmarked))
-            .sum()
-    }
-
-    /// Credits in every bucket, live or not yet recorded as expired, plus held credits.
-    pub fn total_in_buckets(&self) -> Credits {
-        let allowance = self
-            .allowance
-            .as_ref()
-            .map_or(Credits::ZERO, |b| b.remaining);
-        let lots: Credits = self
-            .top_ups
-            .iter()
-            .chain(&self.grants)
-            .map(|lot| lot.remaining)
-            .sum();
-        [allowance, lots, self.held()].into_iter().sum()
-    }
-
-    fn bucket_mut(&mut self, kind: BucketKind, id: &str) -> Option<&mut Credits> {
-        match kind {
-            BucketKind::Allowance => self
-                .allowance
-                .as_mut()
-                .filter(|bucket| bucket.id == id)
-                .map(|bucket| &mut bucket.remaining),
-            BucketKind::TopUp => self
-                .top_ups
-                .iter_mut()
-                .find(|lot| lot.id == id)
-                .map(|lot| &mut lot.remaining),
-            BucketKind::Grant => self
-                .grants
-                .iter_mut()
-                .find(|lot| lot.id == id)
-                .map(|lot| &mut lot.remaining),
-            BucketKind::Unlimited => None,
-        }
-    }
-
-    fn take(&mut self, parts: &[Part]) {
-        for part in parts {
-            if let Some(remaining) = self.bucket_mut(part.bucket, &part.id) {
-                // decide only draws what is there; never go below zero even if it did not.
-                *remaining = remaining.checked_sub(part.amount).unwrap_or(Credits::ZERO);
-            }
-        }
-    }
-
-    fn give_back(&mut self, parts: &[Part]) {
-        for part in parts {
-            match self.bucket_mut(part.bucket, &part.id) {
-                Some(remaining) => add(remaining, part.amount),
-                // decide classifies returns to vanished buckets as forfeited; should an event
-                // still name one, count it as forfeited so the totals keep balancing.
-                None if part.bucket != BucketKind::Unlimited => {
-                    add(&mut self.totals.forfeited, part.amount)
-                }
-                None => {}
-            }
-        }
-    }
-
-    fn forfeit(&mut self, parts: &[Part]) {
-        add(&mut self.totals.forfeited, sum_parts(parts));
-    }
-
-    fn set_allowance(
-        &mut self,
-        start: Instant,
-        end: Instant,
-        allowance: Option<Credits>,
-        forfeited: Credits,
-        version: u64,
-    ) {
-        add(&mut self.totals.forfeited, forfeited);
-        self.allowance = allowance.map(|amount| {
-            add(&mut self.totals.granted, amount);
-            AllowanceBucket {
-                id: allowance_id(start),
-                period_start: start,
-                period_end: end,
-                amount,
-                remaining: amount,
-                since_version: version,
-            }
-        });
-    }
-
-    /// Folds one event, the stream's `version`-th, into the buckets.
-    pub fn apply(&mut self, event: &Event, version: u64) {
-        match event {
-            Event::AccountOpened(data) => *self = Balance::opened(data),
-            Event::TierChanged(data) => self.set_allowance(
-                data.allowance_period_start,
-                data.allowance_period_end,
-                data.allowance,
-                data.forfeited,
-                version,
-            ),
-            Event::AllowanceRenewed(data) => self.set_allowance(
-                data.allowance_period_start,
-                data.allowance_period_end,
-                data.allowance,
-                data.forfeited,
-                version,
-            ),
-            Event::TopUpPurchased(data) => {
-                add(&mut self.totals.granted, data.credits);
-                self.top_ups.push(Lot {
-                    id: data.purchase_id.clone(),
-                    credits: data.credits,
-                    remaining: data.credits,
-                    expires_at: Some(data.expires_at),
-                });
-            }
-            Event::TopUpExpired(data) => {
-                self.top_ups.retain(|lot| lot.id != data.purchase_id);
-                add(&mut self.totals.forfeited, data.forfeited);
-            }
-            Event::GrantAdded(data) => {
-                add(&mut self.totals.granted, data.credits);
-                self.grants.push(Lot {
-                    id: data.grant_id.clone(),
-                    credits: data.credits,
-                    remaining: data.credits,
-                    expires_at: data.expires_at,
-                });
-            }
-            Event::GrantExpired(data) => {
-                self.grants.retain(|lot| lot.id != data.grant_id);
-                add(&mut self.totals.forfeited, data.forfeited);
-            }
-            Event::CreditsCharged(data) => {
-                self.take(&data.drawn_from);
-                add(&mut self.totals.charged, sum_parts(&data.drawn_from));
-                if data.paid_by == PaidBy::Unlimited {
-                    add(&mut self.totals.charged_unlimited, data.cost);
-                }
-            }
-            Event::ChargeRefunded(data) => {
-                self.give_back(&data.returned);
-                add(&mut self.totals.refunded, sum_parts(&data.returned));
-                add(&mut self.totals.refunded, sum_parts(&data.forfeited));
-                self.forfeit(&data.forfeited);
-            }
-            Event::HoldPlaced(data) => {
-                self.take(&data.earmarked);
-                self.open_holds.insert(
-                    data.hold_id.clone(),
-                    Hold {
-                        placed: data.clone(),
-                        version,
-                    },
-                );
-            }
-            Event::HoldCaptured(data) => {
-                self.open_holds.remove(&data.hold_id);
-                add(&mut self.totals.charged, sum_parts(&data.drawn_from));
-                if data
-                    .drawn_from
-                    .iter()
-                    .any(|part| part.bucket == BucketKind::Unlimited)
-                {
-                    add(&mut self.totals.charged_unlimited, data.cost);
-                }
-                self.give_back(&data.returned);
-                self.forfeit(&data.forfeited);
-            }
-            Event::HoldReleased(HoldReleased {
-                hold_id,
-                returned,
-                forfeited,
-                ..
-            })
-            | Event::HoldExpired(HoldExpired {
-                hold_id,
-                returned,
-                forfeited,
-                ..
-            }) => {
-                self.open_holds.remove(hold_id);
-                self.give_back(returned);
-                self.forfeit(forfeited);
             }
             _ => {}
         }
@@ -712,6 +388,15 @@ impl Account {
         let closing =
             resolved_hold_id(&event).and_then(|hold_id| core.balance.open_holds.remove(hold_id));
         evolve_core(core, &event, self.version);
+        // The identity the property test checks, asserted where it could first break.
+        debug_assert!(
+            core.balance.totals_balance(),
+            "account {} at version {}: buckets plus held {} != granted - charged + refunded - forfeited ({:?})",
+            self.account_id,
+            self.version,
+            core.balance.total_in_buckets(),
+            core.balance.totals
+        );
         evolve_records(&mut self.records, closing, event, self.version);
     }
 }
@@ -796,7 +481,7 @@ pub fn evolve_core(core: &mut Core, event: &Event, version: u64) {
 }
 
 /// The id of the hold an event resolves, if it resolves one.
-fn resolved_hold_id(event: &Event) -> Option<&str> {
+pub(crate) fn resolved_hold_id(event: &Event) -> Option<&str> {
     match event {
         Event::HoldCaptured(data) => Some(&data.hold_id),
         Event::HoldReleased(data) => Some(&data.hold_id),

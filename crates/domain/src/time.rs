@@ -10,6 +10,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A point in time, UTC. Intervals are `[start, end)`.
 pub type Instant = DateTime<Utc>;
 
+/// An instant as the ledger writes it everywhere (envelopes, ids, summaries): RFC 3339 in
+/// UTC with a `Z`, and only as many fractional digits as the instant has.
+pub fn rfc3339(at: &Instant) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// A span of whole seconds, written as a number followed by `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DurationS(u64);

@@ -1,14 +1,10 @@
 //! Turning a stored event into what the views fold: decoded once, shared by every view.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use ledger_domain::envelope::account_of_stream;
+use ledger_domain::envelope::{account_of_stream, SlimEnvelope};
 use ledger_domain::events::{DecodeError, Event};
-use ledger_domain::upcast::decode_event;
 use ledger_store::{GlobalPosition, RecordedEvent};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::error::ProjectorError;
 
@@ -32,20 +28,6 @@ pub struct AccountEvent {
     pub event: Event,
 }
 
-/// The envelope fields the views need, borrowed from the payload. Like
-/// `envelope::decode_payload_event`, plus `recorded_at` for the lag metric.
-#[derive(Deserialize)]
-struct Slim<'a> {
-    version: u64,
-    #[serde(rename = "type", borrow)]
-    type_name: Cow<'a, str>,
-    schema_version: u32,
-    #[serde(borrow)]
-    recorded_at: Cow<'a, str>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
 /// Decodes a stored event, upcasting old schema versions.
 pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
     let Some(account_id) = account_of_stream(&record.stream) else {
@@ -60,8 +42,7 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
         stream: record.stream.clone(),
         source,
     };
-    let slim: Slim<'_> = serde_json::from_slice(&record.payload)
-        .map_err(|error| failed(DecodeError::Envelope(error.to_string())))?;
+    let slim = SlimEnvelope::parse(&record.payload).map_err(failed)?;
     if slim.version != record.version {
         return Err(failed(DecodeError::Envelope(format!(
             "the envelope says version {} but the store has it at version {}",
@@ -74,8 +55,7 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
             slim.recorded_at
         )))
     })?;
-    let event =
-        decode_event(&slim.type_name, slim.schema_version, slim.data.get()).map_err(failed)?;
+    let event = slim.event().map_err(failed)?;
     Ok(Decoded {
         position: record.position,
         recorded_at_us: Some(recorded_at.timestamp_micros()),

@@ -5,21 +5,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use chrono::SecondsFormat;
 use futures::stream::{self, Stream};
 use ledger_domain::envelope::{
     account_of_stream, stream_name, Envelope, RawEnvelope, GENESIS_HASH,
 };
 use ledger_domain::explain::{explain, Explanation};
+use ledger_domain::time::rfc3339;
 use ledger_domain::{Account, Catalog, Instant, Rejection};
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
 use serde::Serialize;
 
+use crate::explain_text::render;
 use crate::ledger::CommandError;
+use crate::pages::{read_all_pages, read_stream_pages, ALL_PAGE};
 use crate::views::ReadModel;
-
-/// Events read from the store per page.
-const PAGE: usize = 1_000;
 
 fn corrupt(event: &RecordedEvent, message: impl Into<String>) -> CommandError {
     CommandError::Corrupt {
@@ -55,23 +54,12 @@ pub async fn read_account(
     account_id: &str,
 ) -> Result<Vec<Envelope>, CommandError> {
     let mut envelopes = Vec::new();
-    loop {
-        let after = envelopes.len() as u64;
-        let page = store
-            .read_stream(&stream_name(account_id), after + 1, PAGE)
-            .await?;
-        let done = page.len() < PAGE;
-        for event in &page {
-            let raw = raw_with_position(event)?;
-            envelopes.push(
-                raw.decode()
-                    .map_err(|err| corrupt(event, err.to_string()))?,
-            );
-        }
-        if done {
-            return Ok(envelopes);
-        }
-    }
+    read_stream_pages(store, &stream_name(account_id), 1, |_, _, envelope| {
+        envelopes.push(envelope);
+        Ok(true)
+    })
+    .await?;
+    Ok(envelopes)
 }
 
 /// An `at` later than now. Explain answers only for instants that have passed: the balance
@@ -96,17 +84,14 @@ pub fn explain_instant(at: Option<Instant>, now: Instant) -> Result<Instant, Fut
     match at {
         None => Ok(now),
         Some(at) if at <= now => Ok(at),
-        Some(at) => {
-            let text = |instant: Instant| instant.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-            Err(FutureInstant {
-                at: text(at),
-                now: text(now),
-            })
-        }
+        Some(at) => Err(FutureInstant {
+            at: rfc3339(&at),
+            now: rfc3339(&now),
+        }),
     }
 }
 
-/// The explain timeline of an account as of `at` (default `now`). An `at` later than `now`
+/// The explain timeline of an account as of `at` (default `now`), its summaries in words. An `at` later than `now`
 /// is refused before anything is read.
 pub async fn explain_account(
     store: &dyn EventStore,
@@ -114,10 +99,10 @@ pub async fn explain_account(
     account_id: &str,
     at: Option<Instant>,
     now: Instant,
-) -> Result<Explanation, CommandError> {
+) -> Result<Explanation<String>, CommandError> {
     let at = explain_instant(at, now).map_err(Rejection::from)?;
     let envelopes = read_account(store, account_id).await?;
-    Ok(explain(account_id, &envelopes, catalog, at))
+    Ok(render(explain(account_id, &envelopes, catalog, at)))
 }
 
 fn in_window(raw: &RawEnvelope, since: Option<Instant>, until: Option<Instant>) -> bool {
@@ -141,10 +126,10 @@ pub fn export_lines(
                 return Ok(None);
             };
             let page = store
-                .read_all(after, PAGE)
+                .read_all(after, ALL_PAGE)
                 .await
                 .map_err(|err| std::io::Error::other(err.to_string()))?;
-            let next = if page.len() < PAGE {
+            let next = if page.len() < ALL_PAGE {
                 None
             } else {
                 Some(page.last().map(|e| e.position))
@@ -243,36 +228,30 @@ impl ChainCheck {
 pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, CommandError> {
     let mut report = VerifyReport::default();
     let mut chain = ChainCheck::default();
-    let mut after: Option<GlobalPosition> = None;
-    loop {
-        let page = store.read_all(after, PAGE).await?;
-        for event in &page {
-            after = Some(event.position);
-            let mut raw = match RawEnvelope::parse(&event.payload) {
-                Ok(raw) => raw,
-                Err(err) => {
-                    report.events += 1;
-                    report.problems.push(format!(
-                        "{} v{}: unreadable: {err}",
-                        event.stream, event.version
-                    ));
-                    continue;
-                }
-            };
-            if raw.version != event.version || raw.stream != event.stream {
+    read_all_pages(store, None, |event| {
+        let mut raw = match RawEnvelope::parse(&event.payload) {
+            Ok(raw) => raw,
+            Err(err) => {
+                report.events += 1;
                 report.problems.push(format!(
-                    "{} v{}: the payload says {} v{}",
-                    event.stream, event.version, raw.stream, raw.version
+                    "{} v{}: unreadable: {err}",
+                    event.stream, event.version
                 ));
+                return Ok(true);
             }
-            // The store assigns positions; payloads do not carry them.
-            raw.position = Some(event.position);
-            report.problems.extend(chain.check(&raw));
+        };
+        if raw.version != event.version || raw.stream != event.stream {
+            report.problems.push(format!(
+                "{} v{}: the payload says {} v{}",
+                event.stream, event.version, raw.stream, raw.version
+            ));
         }
-        if page.len() < PAGE {
-            break;
-        }
-    }
+        // The store assigns positions; payloads do not carry them.
+        raw.position = Some(event.position);
+        report.problems.extend(chain.check(&raw));
+        Ok(true)
+    })
+    .await?;
     report.events += chain.events();
     report.streams = chain.streams();
     Ok(report)
@@ -294,30 +273,24 @@ pub async fn reconcile(
 ) -> Result<ReconcileReport, CommandError> {
     let position = views.position();
     let mut accounts: HashMap<String, Account> = HashMap::new();
-    let mut after: Option<GlobalPosition> = None;
-    'pages: loop {
-        let page = store.read_all(after, PAGE).await?;
-        for event in &page {
-            if position.is_none_or(|limit| event.position > limit) {
-                break 'pages;
-            }
-            after = Some(event.position);
-            let Some(account_id) = account_of_stream(&event.stream) else {
-                continue;
-            };
-            let raw = raw_with_position(event)?;
-            let envelope = raw
-                .decode()
-                .map_err(|err| corrupt(event, err.to_string()))?;
-            accounts
-                .entry(account_id.to_string())
-                .or_insert_with(|| Account::new(account_id))
-                .apply(envelope.event);
+    read_all_pages(store, None, |event| {
+        if position.is_none_or(|limit| event.position > limit) {
+            return Ok(false);
         }
-        if page.len() < PAGE {
-            break;
-        }
-    }
+        let Some(account_id) = account_of_stream(&event.stream) else {
+            return Ok(true);
+        };
+        let raw = raw_with_position(event)?;
+        let envelope = raw
+            .decode()
+            .map_err(|err| corrupt(event, err.to_string()))?;
+        accounts
+            .entry(account_id.to_string())
+            .or_insert_with(|| Account::new(account_id))
+            .apply(envelope.event);
+        Ok(true)
+    })
+    .await?;
     let mut report = ReconcileReport {
         accounts: accounts.len(),
         position,

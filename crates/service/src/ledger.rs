@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ledger_domain::decide::{decide, Decision, Reply};
-use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, RawEnvelope, GENESIS_HASH};
+use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, GENESIS_HASH};
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Catalog, Command, Instant, Rejection};
-use ledger_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
+use ledger_store::{EventStore, ExpectedVersion, NewEvent, StoreError};
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
+use crate::pages::read_stream_pages;
 
 /// How many times a command is decided again after losing a race for the stream.
 const CONFLICT_ATTEMPTS_MAX: usize = 64;
@@ -22,8 +23,6 @@ const CONFLICT_ATTEMPTS_MAX: usize = 64;
 const CONFLICT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 /// Accounts kept in memory before idle ones are dropped (they reload from the stream).
 const CACHED_ACCOUNTS_MAX: usize = 100_000;
-/// Events read per page when loading a stream.
-const READ_PAGE: usize = 4_096;
 /// First answers of summary-answering commands kept per cached account; older ones are
 /// rebuilt from the stream when replayed.
 const FIRST_ANSWERS_MAX: usize = 16;
@@ -418,38 +417,6 @@ impl Ledger {
         let mut cached = slot.lock().await;
         self.catch_up(&mut cached).await?;
         Ok((cached.account.clone(), cached.last_position()))
-    }
-}
-
-/// Reads `stream` from `from_version` page by page, decoding each event once, and hands each
-/// to `visit` until it answers false or the stream ends. An `Err` from `visit` reports the
-/// stream as corrupt.
-async fn read_stream_pages(
-    store: &dyn EventStore,
-    stream: &str,
-    from_version: u64,
-    mut visit: impl FnMut(&RecordedEvent, RawEnvelope, Envelope) -> Result<bool, String>,
-) -> Result<(), CommandError> {
-    let corrupt = |message: String| CommandError::Corrupt {
-        stream: stream.to_string(),
-        message,
-    };
-    let mut from = from_version;
-    loop {
-        let page = store.read_stream(stream, from, READ_PAGE).await?;
-        let done = page.len() < READ_PAGE;
-        for recorded in &page {
-            let raw =
-                RawEnvelope::parse(&recorded.payload).map_err(|err| corrupt(err.to_string()))?;
-            let envelope = raw.decode().map_err(|err| corrupt(err.to_string()))?;
-            if !visit(recorded, raw, envelope).map_err(corrupt)? {
-                return Ok(());
-            }
-            from = recorded.version + 1;
-        }
-        if done {
-            return Ok(());
-        }
     }
 }
 

@@ -5,9 +5,11 @@
 pub mod api;
 pub mod audit;
 pub mod clock;
+pub mod explain_text;
 pub mod export;
 pub mod ledger;
 pub mod metrics;
+pub mod pages;
 pub mod process;
 pub mod scheduler;
 pub mod summary;

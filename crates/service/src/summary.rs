@@ -2,8 +2,8 @@
 //! answer from the state they just decided on; reads answer from the projections.
 
 use ledger_domain::catalog::{Catalog, Tier, TrialTerms};
-use ledger_domain::events::Billing;
 use ledger_domain::events::TrialKind;
+use ledger_domain::events::{Billing, BucketKind};
 use ledger_domain::state::{Balance, PlanState, Trials};
 use ledger_domain::{Credits, Instant};
 use serde::Serialize;
@@ -70,10 +70,6 @@ pub fn summarize(
     now: Instant,
     position: Option<u64>,
 ) -> Summary {
-    let live_allowance = balance
-        .allowance
-        .as_ref()
-        .filter(|bucket| now < bucket.period_end);
     Summary {
         account_id: account_id.to_string(),
         tier: plan.tier,
@@ -81,12 +77,10 @@ pub fn summarize(
         scope: plan.scope.as_str(),
         balance: BalanceSummary {
             total: (!plan.unlimited).then(|| balance.available(now)),
-            allowance: live_allowance.map_or(Credits::ZERO, |bucket| bucket.remaining),
+            allowance: balance.live_remaining(BucketKind::Allowance, now),
             period_end: balance.allowance.as_ref().map(|bucket| bucket.period_end),
             top_ups: balance
-                .top_ups
-                .iter()
-                .filter(|lot| lot.is_live(now))
+                .live_lots(BucketKind::TopUp, now)
                 .map(|lot| LotSummary {
                     lot_id: lot.id.clone(),
                     remaining: lot.remaining,
@@ -94,9 +88,7 @@ pub fn summarize(
                 })
                 .collect(),
             grants: balance
-                .grants
-                .iter()
-                .filter(|lot| lot.is_live(now))
+                .live_lots(BucketKind::Grant, now)
                 .map(|lot| GrantSummary {
                     grant_id: lot.id.clone(),
                     remaining: lot.remaining,

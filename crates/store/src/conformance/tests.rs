@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::*;
+use crate::*;
 
 /// Which rule a deliberately broken store gets wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! Given/when/then tests of `explain`: histories are built with `decide` and `evolve` on the
-//! shipped catalog and sealed into envelopes, as the service stores them.
+//! Given/when/then tests of `explain` and of its words: histories are built with `decide` and
+//! `evolve` on the shipped catalog and sealed into envelopes, as the service stores them, then
+//! explained by the domain and rendered by `explain_text` as the API and the CLI answer.
+//! (Moved here from the domain when the summaries' English left it.)
 
 use std::collections::BTreeSet;
 
@@ -7,8 +9,9 @@ use ledger_domain::command::*;
 use ledger_domain::decide::decide;
 use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, GENESIS_HASH};
 use ledger_domain::events::{Billing, BucketKind, Part, Via};
-use ledger_domain::explain::{explain, render_text, BucketName, Explanation, ModelAccessKind};
+use ledger_domain::explain::{explain, BucketName, Explanation, ModelAccessKind};
 use ledger_domain::{Account, Catalog, Credits, Instant, Tier};
+use ledger_service::explain_text::{render, render_text};
 
 const ACCOUNT: &str = "acct-1";
 const T0: &str = "2026-01-10T12:00:00Z";
@@ -95,8 +98,8 @@ impl History {
         self
     }
 
-    fn explain_at(&self, text: &str) -> Explanation {
-        explain(ACCOUNT, &self.envelopes, &self.catalog, at(text))
+    fn explain_at(&self, text: &str) -> Explanation<String> {
+        render(explain(ACCOUNT, &self.envelopes, &self.catalog, at(text)))
     }
 }
 

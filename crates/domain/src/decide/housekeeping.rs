@@ -1,0 +1,155 @@
+//! Housekeeping: the one list of what the passage of time does to an account (anniversary
+//! refreshes, hold timeouts, lot expiries, window closes), used by `decide` to record what
+//! fell due before a command and by the scheduler to know when to tick.
+
+use crate::catalog::Tier;
+use crate::events::*;
+use crate::state::*;
+use crate::time::{anniversary_period, Instant};
+
+/// When the scheduler next has something to do for this account, as seen at `now`: a
+/// refresh, an expiry, a hold timeout or a window close. `None` when nothing is pending. A
+/// tick at that instant writes the due events; ticking earlier writes nothing. Takes the
+/// three view rows, so the scheduler can ask the views without assembling a `Core`.
+pub fn next_due_at(
+    plan: &PlanState,
+    balance: &Balance,
+    trials: &Trials,
+    now: Instant,
+) -> Option<Instant> {
+    due_items(plan, balance, trials, now)
+        .map(|(at, _)| at)
+        .min()
+}
+
+/// Everything due at or before `now`, in the order it fell due, and the core after it.
+pub(super) fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Event>, Option<Core>) {
+    let mut events = Vec::new();
+    let mut scratch: Option<Core> = None;
+    // Each step removes one due item; an anniversary refresh moves the period past `now`.
+    let bound = core.balance.open_holds.len()
+        + core.balance.top_ups.len()
+        + core.balance.grants.len()
+        + core.trials.models.len()
+        + 2;
+    for _ in 0..bound {
+        let current = scratch.as_ref().unwrap_or(core);
+        let Some(event) = next_due(current, now) else {
+            break;
+        };
+        let next = scratch.get_or_insert_with(|| core.clone());
+        evolve_core(next, &event, version + events.len() as u64 + 1);
+        events.push(event);
+    }
+    (events, scratch)
+}
+
+/// Something the passage of time will do to an account, and what it concerns.
+enum Due<'a> {
+    Refresh,
+    Hold(&'a Hold),
+    /// A top-up lot or a grant reaching its expiry.
+    Expiry(BucketKind, &'a Lot),
+    WindowClose(&'a str),
+}
+
+/// When the allowance of a free or annual account is refreshed on its anniversary, if it is
+/// (as seen at `now`): annual plans refresh inside the paid year only; after it, billing renews.
+fn refresh_due_at(plan: &PlanState, balance: &Balance, now: Instant) -> Option<Instant> {
+    let bucket = balance.allowance.as_ref()?;
+    let scheduled = plan.tier == Tier::Free || plan.billing == Some(Billing::Annual);
+    let in_paid_year = plan.tier == Tier::Free || now < plan.subscription_end;
+    (scheduled && in_paid_year && !plan.unlimited && plan.plan_allowance.is_some())
+        .then_some(bucket.period_end)
+}
+
+/// Every pending item of housekeeping and the instant it falls due, in the order ties are
+/// taken: refresh, hold timeouts, top-up and grant expiries, window closes.
+fn due_items<'a>(
+    plan: &'a PlanState,
+    balance: &'a Balance,
+    trials: &'a Trials,
+    now: Instant,
+) -> impl Iterator<Item = (Instant, Due<'a>)> {
+    let refresh = refresh_due_at(plan, balance, now).map(|at| (at, Due::Refresh));
+    let holds = balance
+        .open_holds
+        .values()
+        .map(|hold| (hold.placed.expires_at, Due::Hold(hold)));
+    let expiries = balance
+        .lot_expiries()
+        .map(|(at, kind, lot)| (at, Due::Expiry(kind, lot)));
+    let windows = trials.models.iter().filter_map(|(model, trial)| {
+        let closes_at = trial.closes_at.filter(|_| !trial.closed)?;
+        Some((closes_at, Due::WindowClose(model.as_str())))
+    });
+    refresh
+        .into_iter()
+        .chain(holds)
+        .chain(expiries)
+        .chain(windows)
+}
+
+/// The event of the earliest item due at or before `now`.
+fn next_due(core: &Core, now: Instant) -> Option<Event> {
+    let (at, due) = due_items(&core.plan, &core.balance, &core.trials, now)
+        .filter(|(at, _)| *at <= now)
+        .min_by_key(|(at, _)| *at)?;
+    let event = match due {
+        Due::Refresh => {
+            let bucket = core.balance.allowance.as_ref()?;
+            let plan = &core.plan;
+            let (start, end) = anniversary_period(plan.anchor_at, now);
+            let (period_start, period_end, allowance_period_end) = if plan.tier == Tier::Free {
+                (start, end, end)
+            } else {
+                let paid_end = plan.subscription_end;
+                (plan.subscription_start, paid_end, end.min(paid_end))
+            };
+            AllowanceRenewed {
+                source: RenewalSource::Anniversary,
+                invoice_id: None,
+                period_start,
+                period_end,
+                allowance_period_start: start,
+                allowance_period_end,
+                allowance: plan.plan_allowance,
+                forfeited: bucket.remaining,
+            }
+            .into()
+        }
+        Due::Hold(hold) => {
+            let placed = &hold.placed;
+            let (returned, forfeited) =
+                core.balance
+                    .classify_returns(&placed.earmarked, at, hold.version);
+            HoldExpired {
+                hold_id: placed.hold_id.clone(),
+                expired_at: at,
+                returned,
+                forfeited,
+            }
+            .into()
+        }
+        Due::Expiry(BucketKind::TopUp, lot) => TopUpExpired {
+            purchase_id: lot.id.clone(),
+            expired_at: at,
+            forfeited: lot.remaining,
+        }
+        .into(),
+        Due::Expiry(BucketKind::Grant, lot) => GrantExpired {
+            grant_id: lot.id.clone(),
+            expired_at: at,
+            forfeited: lot.remaining,
+        }
+        .into(),
+        // Only lots expire by themselves; the allowance is refreshed or replaced.
+        Due::Expiry(BucketKind::Allowance | BucketKind::Unlimited, _) => return None,
+        Due::WindowClose(model) => TrialWindowClosed {
+            model: model.to_string(),
+            closed_at: at,
+        }
+        .into(),
+    };
+    Some(event)
+}

@@ -1,0 +1,68 @@
+//! Reading the store page by page: the one loop every reader of a stream or of the global
+//! order uses, so paging, decoding and "the stream is corrupt" are written once.
+
+use ledger_domain::envelope::{Envelope, RawEnvelope};
+use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
+
+use crate::ledger::CommandError;
+
+/// Events read per page when loading a stream.
+const STREAM_PAGE: usize = 4_096;
+/// Events read per page in global order.
+pub const ALL_PAGE: usize = 1_000;
+
+/// Reads `stream` from `from_version` page by page, decoding each event once (old versions
+/// upcast), and hands each to `visit` until it answers false or the stream ends. An `Err`
+/// from `visit` reports the stream as corrupt.
+pub async fn read_stream_pages(
+    store: &dyn EventStore,
+    stream: &str,
+    from_version: u64,
+    mut visit: impl FnMut(&RecordedEvent, RawEnvelope, Envelope) -> Result<bool, String>,
+) -> Result<(), CommandError> {
+    let corrupt = |message: String| CommandError::Corrupt {
+        stream: stream.to_string(),
+        message,
+    };
+    let mut from = from_version;
+    loop {
+        let page = store.read_stream(stream, from, STREAM_PAGE).await?;
+        let done = page.len() < STREAM_PAGE;
+        for recorded in &page {
+            let at = |err: String| corrupt(format!("version {}: {err}", recorded.version));
+            let mut raw =
+                RawEnvelope::parse(&recorded.payload).map_err(|err| at(err.to_string()))?;
+            // The store assigns positions; payloads do not carry them.
+            raw.position = Some(recorded.position);
+            let envelope = raw.decode().map_err(|err| at(err.to_string()))?;
+            if !visit(recorded, raw, envelope).map_err(corrupt)? {
+                return Ok(());
+            }
+            from = recorded.version + 1;
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads every stream in global order after `after`, page by page, handing each stored event
+/// to `visit` until it answers false or the store ends.
+pub async fn read_all_pages(
+    store: &dyn EventStore,
+    mut after: Option<GlobalPosition>,
+    mut visit: impl FnMut(&RecordedEvent) -> Result<bool, CommandError>,
+) -> Result<(), CommandError> {
+    loop {
+        let page = store.read_all(after, ALL_PAGE).await?;
+        for event in &page {
+            if !visit(event)? {
+                return Ok(());
+            }
+            after = Some(event.position);
+        }
+        if page.len() < ALL_PAGE {
+            return Ok(());
+        }
+    }
+}
