@@ -133,6 +133,11 @@ log "baseline: GET /healthz"
 read -r H_RPS H_P99 H_ERR < <(measure healthz "$BASE/healthz")
 log "charges: POST /v1/accounts/{id}/charges (unique charge_id, 1 credit)"
 read -r C_RPS C_P99 C_ERR < <(measure charges "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+log "hot account: POST charges, every one on bench-0"
+read -r HOT_RPS HOT_P99 HOT_ERR < <(BENCH_ACCOUNTS=1 measure hot "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+log "charges at 256 connections"
+read -r WIDE_RPS WIDE_P99 WIDE_ERR < <(CONNECTIONS=256 measure wide "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+
 # proc_stats: "threads open_files rss_mib" of the server, from /proc.
 proc_stats() {
     local threads files rss
@@ -170,9 +175,12 @@ echo "ledger HTTP benchmark: $(nproc) cores shared by server and wrk; wrk -t$THR
 printf '%-34s %14s %12s %10s %16s\n' "scenario" "requests/s" "p99 (ms)" "non-2xx" "vs /healthz"
 printf '%-34s %14s %12s %10s %16s\n' "GET /healthz (baseline)" "$H_RPS" "$H_P99" "$H_ERR" "1.00"
 printf '%-34s %14s %12s %10s %16s\n' "POST charges (1 credit, unique id)" "$C_RPS" "$C_P99" "$C_ERR" "$(ratio "$C_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges, one hot account" "$HOT_RPS" "$HOT_P99" "$HOT_ERR" "$(ratio "$HOT_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges, 256 connections" "$WIDE_RPS" "$WIDE_P99" "$WIDE_ERR" "$(ratio "$WIDE_RPS" "$H_RPS")"
 printf '%-34s %14s %12s %10s %16s\n' "POST charges, 100% replays" "$R_RPS" "$R_P99" "$R_ERR" "$(ratio "$R_RPS" "$H_RPS")"
 printf '%-34s %14s %12s %10s %16s\n' "POST admission (3 nodes)" "$A_RPS" "$A_P99" "$A_ERR" "$(ratio "$A_RPS" "$H_RPS")"
 echo
+echo "hot account: $(ratio "$HOT_RPS" "$C_RPS")x the spread charge rate (target >= 0.7x); 256 connections: $(ratio "$WIDE_RPS" "$H_RPS")x /healthz (target >= 0.35x)"
 echo "retry storm: replays $(ratio "$R_RPS" "$C_RPS")x the fresh-charge rate (target >= 1.5x); charges written during the replay runs: $REPLAY_WROTE (must be 0)"
 echo "server after fresh charges: $F_THREADS threads, $F_FILES open files, $F_RSS MiB RSS; after the replays: $R_THREADS threads, $R_FILES open files, $R_RSS MiB RSS"
 echo
