@@ -492,6 +492,11 @@ async fn console_shows_an_account_as_the_api_explains_it() {
         expected_buckets(&now["balance"])
     );
     check_badges(&shown_badges(&browser).await, &now);
+    // The screenshot for the note: the account as first shown, before any paging or focus.
+    let png = browser.screenshot().await.expect("a screenshot");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console.png");
+    std::fs::create_dir_all(shot.parent().expect("target/")).expect("target/");
+    std::fs::write(&shot, png).expect("write target/console.png");
     let (rows, pages) = timeline_rows(&browser).await;
     assert_eq!(rows, now["timeline"].as_array().expect("timeline").len());
     assert!(
@@ -554,11 +559,6 @@ async fn console_shows_an_account_as_the_api_explains_it() {
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
     );
-
-    let png = browser.screenshot().await.expect("a screenshot");
-    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console.png");
-    std::fs::create_dir_all(shot.parent().expect("target/")).expect("target/");
-    std::fs::write(&shot, png).expect("write target/console.png");
 
     // As of the instant between the free and the paid part: explain's balance then.
     let then = explain(api, id, Some(&between)).await;
