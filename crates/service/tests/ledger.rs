@@ -130,3 +130,40 @@ async fn a_store_failure_is_unavailable_and_writes_nothing() {
         .unwrap()
         .is_empty());
 }
+
+/// A caller that gives up (a dropped HTTP request) while its command is being written leaves
+/// the cache either confirmed or marked, never ahead of the stream: later commands decide on
+/// exactly what the stream holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_dropped_half_way_never_leaves_the_cache_ahead_of_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let ledger = Ledger::new(
+        store.clone(),
+        Arc::new(catalog_with_free_allowance(1_000)),
+        Arc::new(SystemClock),
+    );
+    ledger
+        .execute("acct", &Command::OpenAccount, "billing")
+        .await
+        .unwrap();
+    for id in 0..300usize {
+        // Give up after a few tens of microseconds: sometimes before the append, sometimes
+        // while it is in flight, sometimes after.
+        let patience = std::time::Duration::from_micros(10 + (id as u64 * 37) % 400);
+        let _ = tokio::time::timeout(patience, ledger.execute("acct", &chat(id), "executor")).await;
+    }
+    // The next command decides on the stream as it is.
+    ledger
+        .execute("acct", &chat(10_000), "executor")
+        .await
+        .unwrap();
+    let (cached, _) = ledger.load("acct").await.unwrap();
+    let mut events = Vec::new();
+    for recorded in store.read_stream("account-acct", 1, 100_000).await.unwrap() {
+        let raw = ledger_domain::envelope::RawEnvelope::parse(&recorded.payload).unwrap();
+        events.push(raw.decode().unwrap().event);
+    }
+    assert_eq!(cached, ledger_domain::Account::replay("acct", &events));
+}

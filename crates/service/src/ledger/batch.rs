@@ -28,6 +28,8 @@ pub(super) const BATCH_MAX: usize = 256;
 /// A command waiting for its account, and where its answer goes.
 #[derive(Debug)]
 pub(super) struct Pending {
+    /// Which caller queued it, so a caller knows when a batch is its own alone.
+    pub(super) ticket: u64,
     pub(super) command: Command,
     pub(super) actor: String,
     pub(super) reply: oneshot::Sender<Result<Outcome, CommandError>>,
@@ -54,6 +56,9 @@ enum Plan {
 impl Ledger {
     /// Decides `pending` on the account in `cached` and answers every one of them.
     pub(super) async fn run_batch(&self, cached: &mut Cached, pending: Vec<Pending>) {
+        if cached.in_flight {
+            *cached = Cached::new(&cached.account.account_id.clone());
+        }
         if cached.account.version == 0 {
             if let Err(err) = self.catch_up(cached).await {
                 return fail_all(pending, &err);
@@ -104,7 +109,10 @@ impl Ledger {
                 .filter(|plan| matches!(plan, Plan::Written { .. }))
                 .count();
             let expected = ExpectedVersion::from_last_version(base_version);
-            match self.store.append(&stream, expected, events).await {
+            cached.in_flight = true;
+            let appended = self.store.append(&stream, expected, events).await;
+            cached.in_flight = false;
+            match appended {
                 Ok(appended) => {
                     let positions = match self.positions(&stream, appended, written_commands).await
                     {

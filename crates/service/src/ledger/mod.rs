@@ -93,6 +93,10 @@ struct Cached {
     /// event, with the instant they were answered at: what a replay shows again. Bounded;
     /// a miss rebuilds the state from the stream.
     first_answers: BTreeMap<u64, (Arc<Core>, Instant)>,
+    /// A batch was folded in and its append had not come back: set while an append is in
+    /// flight. Still set when a holder finds it, the batch was dropped half-way and its fate
+    /// is unknown, so the account is read again from the stream.
+    in_flight: bool,
 }
 
 impl Cached {
@@ -102,6 +106,7 @@ impl Cached {
             last_hash: GENESIS_HASH.to_string(),
             positions: Vec::new(),
             first_answers: BTreeMap::new(),
+            in_flight: false,
         }
     }
 
@@ -131,6 +136,16 @@ struct AccountSlot {
 }
 
 type Slot = Arc<AccountSlot>;
+
+/// Numbers the callers of `execute_all`.
+static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Takes the next batch queued for the account, in arrival order.
+fn next_batch(slot: &Slot) -> Vec<batch::Pending> {
+    let mut queue = lock(&slot.queue);
+    let count = queue.len().min(batch::BATCH_MAX);
+    queue.drain(..count).collect()
+}
 
 /// Locks a std mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -260,12 +275,14 @@ impl Ledger {
         commands: Vec<(Command, String)>,
     ) -> Vec<Result<Outcome, CommandError>> {
         let slot = self.slot(account_id);
+        let ticket = TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut answers = Vec::with_capacity(commands.len());
         {
             let mut queue = lock(&slot.queue);
             for (command, actor) in commands {
                 let (reply, answer) = oneshot::channel();
                 queue.push_back(batch::Pending {
+                    ticket,
                     command,
                     actor,
                     reply,
@@ -273,7 +290,7 @@ impl Ledger {
                 answers.push(answer);
             }
         }
-        self.drive(&slot);
+        self.drive(&slot, ticket).await;
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
             results.push(answer.await.unwrap_or_else(|_| Err(dropped())));
@@ -282,28 +299,58 @@ impl Ledger {
     }
 
     /// Makes sure somebody decides what is queued for the account. If nobody holds the
-    /// account, a task takes it and decides everything queued, a bounded batch at a time.
-    /// The task is spawned so that a caller giving up (a dropped request) never stops a
-    /// batch half-way, between folding its events into the cache and knowing their fate.
-    fn drive(&self, slot: &Slot) {
+    /// account and only the caller's command is queued, the caller decides it on its own
+    /// task (the common, uncontended case costs no task switch). Otherwise a spawned task
+    /// takes the account and decides everything queued, a bounded batch at a time, so that
+    /// a caller giving up (a dropped request) never stops other callers' batch half-way.
+    async fn drive(&self, slot: &Slot, ticket: u64) {
         let Ok(mut guard) = slot.state.clone().try_lock_owned() else {
             // The holder looks at the queue again after letting go: ours will be seen.
             return;
         };
+        let pending = next_batch(slot);
+        if pending.len() == 1 && pending[0].ticket == ticket {
+            // Cancel-safe on its own: a batch dropped half-way leaves the cache marked, and
+            // the next holder reloads the account from the stream.
+            self.run_batch(&mut guard, pending).await;
+            if lock(&slot.queue).is_empty() {
+                drop(guard);
+                // Someone may have queued between that look and letting go.
+                if lock(&slot.queue).is_empty() {
+                    return;
+                }
+                let Ok(again) = slot.state.clone().try_lock_owned() else {
+                    return;
+                };
+                guard = again;
+            }
+            self.spawn_driver(slot.clone(), guard, Vec::new());
+        } else {
+            self.spawn_driver(slot.clone(), guard, pending);
+        }
+    }
+
+    /// Decides `first`, then everything queued for the account, on a task of its own.
+    fn spawn_driver(
+        &self,
+        slot: Slot,
+        mut guard: tokio::sync::OwnedMutexGuard<Cached>,
+        first: Vec<batch::Pending>,
+    ) {
         let ledger = self.clone();
-        let slot = slot.clone();
         tokio::spawn(async move {
+            let mut pending = first;
             loop {
                 loop {
-                    let pending: Vec<batch::Pending> = {
-                        let mut queue = lock(&slot.queue);
-                        let count = queue.len().min(batch::BATCH_MAX);
-                        queue.drain(..count).collect()
-                    };
+                    if pending.is_empty() {
+                        pending = next_batch(&slot);
+                    }
                     if pending.is_empty() {
                         break;
                     }
-                    ledger.run_batch(&mut guard, pending).await;
+                    ledger
+                        .run_batch(&mut guard, std::mem::take(&mut pending))
+                        .await;
                 }
                 drop(guard);
                 // A command queued after the last look but before letting go of the account
