@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ledger_projector::ViewSelection;
 
 mod audit;
 mod serve;
@@ -46,14 +47,6 @@ pub enum ProjectorMode {
     /// Separate `ledger project` / `ledger schedule` processes write the views; `serve` reads
     /// their files.
     External,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ViewName {
-    Balance,
-    TrialUsage,
-    Tier,
-    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,8 +91,9 @@ enum Commands {
     Project {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_enum, default_value = "all")]
-        view: ViewName,
+        /// balance, trial-usage, tier or all.
+        #[arg(long, default_value = "all")]
+        view: ViewSelection,
     },
     /// Run the scheduler (refreshes, expiries, hold timeouts) as a separate process.
     Schedule {

@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::views;
-use crate::{ProjectorMode, StoreArgs, ViewName};
+use ledger_projector::ViewSelection;
+
+use crate::{ProjectorMode, StoreArgs};
 
 /// The catalog from `--catalog`, or the one shipped with the ledger.
 pub fn load_catalog(path: Option<&Path>) -> anyhow::Result<Catalog> {
@@ -200,7 +202,7 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn project(store_args: StoreArgs, view: ViewName) -> anyhow::Result<ExitCode> {
+pub async fn project(store_args: StoreArgs, view: ViewSelection) -> anyhow::Result<ExitCode> {
     init_tracing();
     let store = open_store(&store_args, true).await?;
     let shutdown = shutdown_signal();

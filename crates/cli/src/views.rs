@@ -12,8 +12,6 @@ use ledger_store::EventStore;
 use tokio::task::JoinHandle;
 use tracing::error;
 
-use crate::ViewName;
-
 /// Projectors running in this process, and a task that stops them on `shutdown`.
 pub async fn embedded(
     data_dir: &Path,
@@ -58,15 +56,9 @@ pub async fn follow(
 pub async fn run_projectors(
     data_dir: &Path,
     store: Arc<dyn EventStore>,
-    view: ViewName,
+    which: ViewSelection,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let which = match view {
-        ViewName::Balance => ViewSelection::One(ledger_projector::ViewName::Balance),
-        ViewName::TrialUsage => ViewSelection::One(ledger_projector::ViewName::TrialUsage),
-        ViewName::Tier => ViewSelection::One(ledger_projector::ViewName::Tier),
-        ViewName::All => ViewSelection::All,
-    };
     ledger_projector::run(store, data_dir, which, ProjectorConfig::default(), shutdown).await?;
     Ok(())
 }

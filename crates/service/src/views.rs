@@ -6,16 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ledger_domain::decide::next_due_at;
-use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::state::Core;
 use ledger_domain::Instant;
-
-/// One account as the views see it.
-#[derive(Debug, Clone)]
-pub struct AccountView {
-    pub plan: PlanState,
-    pub balance: Balance,
-    pub trials: Trials,
-}
 
 /// How far one view has got.
 #[derive(Debug, Clone)]
@@ -31,7 +23,7 @@ pub struct ViewStatus {
 #[async_trait]
 pub trait ReadModel: Send + Sync + std::fmt::Debug + 'static {
     /// The account's rows in the three views, if it exists there yet.
-    fn account(&self, account_id: &str) -> Option<AccountView>;
+    fn account(&self, account_id: &str) -> Option<Core>;
     /// The position every view has reached.
     fn position(&self) -> Option<u64>;
     /// Waits until every view has reached `position`; false on timeout.
@@ -45,12 +37,8 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug + 'static {
 /// The projector's in-memory views are the read model.
 #[async_trait]
 impl ReadModel for ledger_projector::Views {
-    fn account(&self, account_id: &str) -> Option<AccountView> {
-        ledger_projector::Views::account(self, account_id).map(|views| AccountView {
-            plan: views.plan,
-            balance: views.balance,
-            trials: views.trials,
-        })
+    fn account(&self, account_id: &str) -> Option<Core> {
+        ledger_projector::Views::account(self, account_id)
     }
 
     fn position(&self) -> Option<u64> {
