@@ -19,6 +19,7 @@ mod idempotency;
 mod lifecycle;
 mod openapi;
 mod reads;
+mod rebuild;
 mod roles;
 mod stories;
 mod support;

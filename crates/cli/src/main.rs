@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ledger_projector::ViewSelection;
+use ledger_projector::{ViewName, ViewSelection};
 
 mod audit;
 mod serve;
@@ -94,6 +94,11 @@ enum Commands {
         /// balance, trial-usage, tier or all.
         #[arg(long, default_value = "all")]
         view: ViewSelection,
+        /// Rebuild one view (balance, trial-usage or tier) from the first event beside the
+        /// live file, switch over atomically, and exit. The live file keeps serving, and
+        /// stays as it was if the rebuild is interrupted; run it again to finish.
+        #[arg(long, value_name = "VIEW", conflicts_with = "view")]
+        rebuild: Option<ViewName>,
     },
     /// Run the scheduler (refreshes, expiries, hold timeouts) as a separate process.
     Schedule {
@@ -198,7 +203,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             projectors,
             no_scheduler,
         } => serve::serve(store, listen, catalog, projectors, !no_scheduler).await,
-        Commands::Project { store, view } => serve::project(store, view).await,
+        Commands::Project {
+            store,
+            rebuild: Some(view),
+            ..
+        } => serve::rebuild(store, view).await,
+        Commands::Project { store, view, .. } => serve::project(store, view).await,
         Commands::Schedule { store, catalog } => serve::schedule(store, catalog).await,
         Commands::Explain {
             account,

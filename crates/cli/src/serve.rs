@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::views;
-use ledger_projector::ViewSelection;
+use ledger_projector::{ViewName, ViewSelection};
 
 use crate::{ProjectorMode, StoreArgs};
 
@@ -207,6 +207,25 @@ pub async fn project(store_args: StoreArgs, view: ViewSelection) -> anyhow::Resu
     let store = open_store(&store_args, true).await?;
     let shutdown = shutdown_signal();
     views::run_projectors(&store_args.data, store, view, until_true(shutdown)).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledger project --rebuild VIEW`: rebuilds one view beside the live file and switches over,
+/// then exits. SIGTERM stops it cleanly; the live file is untouched until the switch.
+pub async fn rebuild(store_args: StoreArgs, view: ViewName) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let store = open_store(&store_args, false).await?;
+    let shutdown = shutdown_signal();
+    let report = views::rebuild(&store_args.data, store, view, until_true(shutdown)).await?;
+    println!(
+        "rebuilt {}: {} events, {} rows, at position {}",
+        report.view,
+        report.events_applied,
+        report.rows,
+        report
+            .position
+            .map_or_else(|| "none".to_string(), |position| position.to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

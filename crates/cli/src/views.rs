@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use ledger_domain::decide::next_due_at;
 use ledger_domain::state::Core;
 use ledger_domain::Instant;
-use ledger_projector::{FollowOptions, ProjectorConfig, ViewSelection, Views};
+use ledger_projector::{
+    FollowOptions, ProjectorConfig, Projectors, RebuildReport, ViewName, ViewSelection, Views,
+};
 use ledger_service::views::{ReadModel, ViewStatus};
 use ledger_store::EventStore;
 use tokio::task::JoinHandle;
@@ -58,6 +60,33 @@ pub async fn follow(
     // The follower polls for as long as the process lives.
     std::mem::forget(follower);
     Ok(Arc::new(ProjectedViews(views)))
+}
+
+/// Rebuilds `view` side by side: starts its projector (which first brings the live file up
+/// to date), builds a fresh file beside it from the first event, switches over atomically,
+/// and stops. Interrupted by `shutdown` or a kill, it leaves the live file as it was.
+pub async fn rebuild(
+    data_dir: &Path,
+    store: Arc<dyn EventStore>,
+    view: ViewName,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RebuildReport> {
+    let projectors = Projectors::start(
+        store,
+        data_dir,
+        ViewSelection::One(view),
+        ProjectorConfig::default(),
+    )
+    .await?;
+    let rebuilt = tokio::select! {
+        rebuilt = projectors.rebuild(view) => Some(rebuilt),
+        () = shutdown => None,
+    };
+    projectors.stop().await?;
+    match rebuilt {
+        Some(rebuilt) => Ok(rebuilt?),
+        None => anyhow::bail!("the rebuild of {view} was stopped before the switch-over"),
+    }
 }
 
 /// Runs the selected projectors until `shutdown`.
