@@ -21,7 +21,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn line_of(event: &RecordedEvent) -> String {
+/// The line the probe prints for an event it followed.
+pub fn line_of(event: &RecordedEvent) -> String {
     format!(
         "event\t{}\t{}\t{}\t{}\t{}\t{}",
         event.position,

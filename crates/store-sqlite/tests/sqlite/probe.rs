@@ -27,6 +27,8 @@ use ledger_store::{EventStore, ExpectedVersion, GlobalPosition, NewEvent, StoreE
 use ledger_store_sqlite::SqliteStore;
 use uuid::Uuid;
 
+use crate::follow::line_of;
+
 const USAGE: &str =
     "usage: probe follow PATH AFTER COUNT\n       probe hammer PATH WRITERS STREAMS";
 
@@ -109,15 +111,7 @@ async fn follow(path: &str, after: &str, count: &str) -> Result<(), String> {
     let _ = out.send("ready\n".to_owned());
     for _ in 0..count {
         let event = subscription.next().await.map_err(|e| e.to_string())?;
-        let _ = out.send(format!(
-            "event\t{}\t{}\t{}\t{}\t{}\t{}\n",
-            event.position,
-            event.stream,
-            event.version,
-            event.event_id,
-            event.event_type,
-            String::from_utf8_lossy(&event.payload)
-        ));
+        let _ = out.send(format!("{}\n", line_of(&event)));
     }
     drop(out);
     printing
