@@ -5,6 +5,7 @@
 #
 #   benches/http/run.sh            # 3 runs of 15 s per scenario, 2 wrk threads, 64 connections
 #   DURATION=10 RUNS=5 CONNECTIONS=32 THREADS=1 ACCOUNTS=200 benches/http/run.sh
+#   LEDGER_BIN=/path/to/older/ledger benches/http/run.sh   # measure another build
 #
 # Targets: 20,000 charges/s and 50,000 admission checks/s with p99 under 5 ms, on two cores
 # shared with the load generator. Loopback only; every step is bounded in time.
@@ -28,9 +29,14 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || { timeout 300 apt-get update -qq >/dev/null; timeout 300 apt-get install -y -qq curl >/dev/null; }
 
-log "building the release binary"
-timeout 3600 cargo build --release -p ledger-cli --quiet
-BIN="target/release/ledger"
+# LEDGER_BIN measures a given binary (e.g. an older build, for a before/after comparison).
+if [[ -n "${LEDGER_BIN:-}" ]]; then
+    BIN="$LEDGER_BIN"
+else
+    log "building the release binary"
+    timeout 3600 cargo build --release -p ledger-cli --quiet
+    BIN="target/release/ledger"
+fi
 
 WORK="$(mktemp -d -t ledger-bench-XXXXXX)"
 SERVER_PID=""
@@ -127,6 +133,37 @@ log "baseline: GET /healthz"
 read -r H_RPS H_P99 H_ERR < <(measure healthz "$BASE/healthz")
 log "charges: POST /v1/accounts/{id}/charges (unique charge_id, 1 credit)"
 read -r C_RPS C_P99 C_ERR < <(measure charges "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+log "hot account: POST charges, every one on bench-0"
+read -r HOT_RPS HOT_P99 HOT_ERR < <(BENCH_ACCOUNTS=1 measure hot "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+log "charges at 256 connections"
+read -r WIDE_RPS WIDE_P99 WIDE_ERR < <(CONNECTIONS=256 measure wide "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE")
+
+# proc_stats: "threads open_files rss_mib" of the server, from /proc.
+proc_stats() {
+    local threads files rss
+    threads="$(awk '/^Threads:/ { print $2 }' "/proc/$SERVER_PID/status")"
+    files="$(ls "/proc/$SERVER_PID/fd" | wc -l)"
+    rss="$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVER_PID/status")"
+    echo "$threads $files $rss"
+}
+read -r F_THREADS F_FILES F_RSS < <(proc_stats)
+
+log "retry storm: seeding acknowledged charges, then replaying 100% of them"
+SEED_OUT="$WORK/seed.txt"
+BENCH_RUN="seed" timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+    --timeout 5s "${AUTH[@]}" -s "$HERE/charge.lua" "$BASE" >"$SEED_OUT"
+SEEDED="$(awk '/requests in/ { print $1 }' "$SEED_OUT")"
+# Each seeding thread sent about SEEDED/THREADS charges; replay the first half of each
+# thread's, so every replayed id was acknowledged.
+export BENCH_REPLAY_OF="seed" BENCH_REPLAY_MAX=$((SEEDED / THREADS / 2))
+fresh_201() { curl -sS --max-time 10 "$BASE/metrics" | awk '/^ledger_http_requests_total\{.*route="\/v1\/accounts\/\{id\}\/charges".*status="201"/ { s += $NF } END { print s + 0 }'; }
+# Requests wrk had in flight when the seeding run ended are still being answered.
+sleep 1
+BEFORE_REPLAY_201="$(fresh_201)"
+read -r R_RPS R_P99 R_ERR < <(measure replays "${AUTH[@]}" -s "$HERE/replay.lua" "$BASE")
+REPLAY_WROTE=$(( $(fresh_201) - BEFORE_REPLAY_201 ))
+read -r R_THREADS R_FILES R_RSS < <(proc_stats)
+
 log "admission: POST /v1/accounts/{id}/admission (3 nodes)"
 read -r A_RPS A_P99 A_ERR < <(measure admission "${AUTH[@]}" -s "$HERE/admission.lua" "$BASE")
 
@@ -138,6 +175,13 @@ echo "ledger HTTP benchmark: $(nproc) cores shared by server and wrk; wrk -t$THR
 printf '%-34s %14s %12s %10s %16s\n' "scenario" "requests/s" "p99 (ms)" "non-2xx" "vs /healthz"
 printf '%-34s %14s %12s %10s %16s\n' "GET /healthz (baseline)" "$H_RPS" "$H_P99" "$H_ERR" "1.00"
 printf '%-34s %14s %12s %10s %16s\n' "POST charges (1 credit, unique id)" "$C_RPS" "$C_P99" "$C_ERR" "$(ratio "$C_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges, one hot account" "$HOT_RPS" "$HOT_P99" "$HOT_ERR" "$(ratio "$HOT_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges, 256 connections" "$WIDE_RPS" "$WIDE_P99" "$WIDE_ERR" "$(ratio "$WIDE_RPS" "$H_RPS")"
+printf '%-34s %14s %12s %10s %16s\n' "POST charges, 100% replays" "$R_RPS" "$R_P99" "$R_ERR" "$(ratio "$R_RPS" "$H_RPS")"
 printf '%-34s %14s %12s %10s %16s\n' "POST admission (3 nodes)" "$A_RPS" "$A_P99" "$A_ERR" "$(ratio "$A_RPS" "$H_RPS")"
+echo
+echo "hot account: $(ratio "$HOT_RPS" "$C_RPS")x the spread charge rate (target >= 0.7x); 256 connections: $(ratio "$WIDE_RPS" "$H_RPS")x /healthz (target >= 0.35x)"
+echo "retry storm: replays $(ratio "$R_RPS" "$C_RPS")x the fresh-charge rate (target >= 1.5x); charges written during the replay runs: $REPLAY_WROTE (must be 0)"
+echo "server after fresh charges: $F_THREADS threads, $F_FILES open files, $F_RSS MiB RSS; after the replays: $R_THREADS threads, $R_FILES open files, $R_RSS MiB RSS"
 echo
 echo "targets: charges >= 20000/s, admission >= 50000/s, p99 < 5 ms; charges acknowledged (201) during the runs: $CHARGED"

@@ -52,8 +52,8 @@ async fn sigterm_stops_the_server_promptly_with_exit_0_and_keeps_acknowledged_co
 #[tokio::test]
 async fn without_ledger_tokens_serve_generates_a_private_token_file_and_reuses_it() {
     let server = Server::start_with(Options {
-        catalog: None,
         tokens: false,
+        ..Options::default()
     })
     .await;
     let path = server.data().join("tokens.json");
@@ -110,8 +110,8 @@ async fn without_ledger_tokens_serve_generates_a_private_token_file_and_reuses_i
     let again = Server::start_in(
         stopped.dir,
         Options {
-            catalog: None,
             tokens: false,
+            ..Options::default()
         },
     )
     .await;

@@ -6,12 +6,14 @@
 //! (every error code), `roles` (the role matrix), `stories` (the seeds' stories),
 //! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `cli`
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
-//! offline, the documented hash input), `lifecycle` (shutdown, tokens) and `concurrency` (no
-//! overdraft, no double charge).
+//! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
+//! overdraft, no double charge) and `console` (the support page in headless Chromium).
 
 mod admission;
 mod cli;
+mod cluster;
 mod concurrency;
+mod console;
 mod contract;
 mod errors;
 mod export;
@@ -22,4 +24,5 @@ mod reads;
 mod rebuild;
 mod roles;
 mod stories;
+mod storm;
 mod support;

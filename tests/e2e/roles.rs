@@ -231,6 +231,27 @@ fn rows() -> Vec<Row> {
             success: 200,
             request: |_| ("/metrics".into(), None),
         },
+        Row {
+            method: "GET",
+            template: "/console",
+            allowed: &Role::ALL,
+            success: 200,
+            request: |_| ("/console".into(), None),
+        },
+        Row {
+            method: "GET",
+            template: "/console/app.js",
+            allowed: &Role::ALL,
+            success: 200,
+            request: |_| ("/console/app.js".into(), None),
+        },
+        Row {
+            method: "GET",
+            template: "/console/app.css",
+            allowed: &Role::ALL,
+            success: 200,
+            request: |_| ("/console/app.css".into(), None),
+        },
     ]
 }
 
@@ -367,7 +388,8 @@ async fn every_protected_route_is_401_without_a_valid_token() {
     let api = &server.api;
     for row in rows() {
         let (path, body) = (row.request)(Admin);
-        let public = row.template == "/healthz" || row.template == "/metrics";
+        let public = ledger_service::api::allowed_roles(row.method, row.template)
+            == Some(ledger_service::api::Access::Public);
         for token in [None, Some("not-a-token-of-this-ledger")] {
             let reply = api
                 .send_with_token(

@@ -110,6 +110,8 @@ pub struct Options {
     pub catalog: Option<String>,
     /// Whether to pass `LEDGER_TOKENS`; without it `serve` generates `DATA/tokens.json`.
     pub tokens: bool,
+    /// `--store URL` (a shared PostgreSQL database); none: the embedded SQLite file.
+    pub store: Option<String>,
 }
 
 impl Default for Options {
@@ -117,6 +119,7 @@ impl Default for Options {
         Options {
             catalog: None,
             tokens: true,
+            store: None,
         }
     }
 }
@@ -125,7 +128,7 @@ impl Options {
     pub fn catalog(catalog: String) -> Self {
         Options {
             catalog: Some(catalog),
-            tokens: true,
+            ..Options::default()
         }
     }
 }
@@ -192,6 +195,9 @@ impl Server {
         }
         if options.tokens {
             command.env("LEDGER_TOKENS", tokens_env());
+        }
+        if let Some(store) = &options.store {
+            command.arg("--store").arg(store);
         }
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -266,6 +272,13 @@ impl Server {
     /// The server's log so far.
     pub fn stderr(&self) -> String {
         read_log(self.dir())
+    }
+
+    /// Kills the process with SIGKILL, as a machine loss would, and keeps its directory.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().expect("the server's directory")
     }
 
     /// Sends SIGTERM and waits (at most 15 s) for the process to exit.

@@ -34,7 +34,8 @@ pub struct StoreArgs {
     /// Data directory: the embedded event store, the views and the generated tokens.
     #[arg(long, default_value = "./ledger-data", env = "LEDGER_DATA")]
     pub data: PathBuf,
-    /// Event store URL: esdb://host:2113[,host:2113...], kurrentdb://..., or sqlite://PATH.
+    /// Event store URL: postgres://user@host:5432/db (several nodes share one database),
+    /// esdb://host:2113[,host:2113...], kurrentdb://..., or sqlite://PATH.
     /// Default: the embedded SQLite file in the data directory.
     #[arg(long, env = "LEDGER_STORE")]
     pub store: Option<String>,

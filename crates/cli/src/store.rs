@@ -1,11 +1,13 @@
 //! Opening the event store a command line names: the embedded SQLite file under the data
-//! directory by default, or an EventStoreDB / KurrentDB cluster by URL.
+//! directory by default, a PostgreSQL database shared by several nodes, or an EventStoreDB /
+//! KurrentDB cluster, by URL.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ledger_store::{EventStore, StoreError};
 use ledger_store_esdb::EsdbStore;
+use ledger_store_postgres::PostgresStore;
 use ledger_store_sqlite::SqliteStore;
 
 /// The embedded store's file inside a data directory.
@@ -17,6 +19,7 @@ pub fn sqlite_path(data_dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreTarget {
     Sqlite(PathBuf),
+    Postgres(String),
     Esdb(String),
 }
 
@@ -33,6 +36,7 @@ pub fn parse_target(store: Option<&str>, data_dir: &Path) -> Result<StoreTarget,
     match scheme.as_str() {
         "esdb" | "esdb+discover" | "kurrentdb" | "kurrentdb+discover" | "kurrent"
         | "kurrent+discover" | "kdb" | "kdb+discover" => Ok(StoreTarget::Esdb(url.to_string())),
+        "postgres" | "postgresql" => Ok(StoreTarget::Postgres(url.to_string())),
         "sqlite" => {
             let path = url.trim_start_matches("sqlite://");
             if path.is_empty() {
@@ -41,7 +45,7 @@ pub fn parse_target(store: Option<&str>, data_dir: &Path) -> Result<StoreTarget,
             Ok(StoreTarget::Sqlite(PathBuf::from(path)))
         }
         _ => Err(StoreError::Invalid(format!(
-            "unknown store {url:?}: use esdb://host:2113, kurrentdb://host:2113 or sqlite://PATH"
+            "unknown store {url:?}: use postgres://host/db, esdb://host:2113, kurrentdb://host:2113 or sqlite://PATH"
         ))),
     }
 }
@@ -61,6 +65,8 @@ pub async fn open(target: &StoreTarget) -> Result<Arc<dyn EventStore>, StoreErro
             }
             Ok(Arc::new(SqliteStore::open(path)?))
         }
+        // Connecting checks the server and creates or migrates the schema.
+        StoreTarget::Postgres(url) => Ok(Arc::new(PostgresStore::connect(url).await?)),
         StoreTarget::Esdb(url) => {
             let store = EsdbStore::connect(url)?;
             store.check_connection().await?;
@@ -92,7 +98,11 @@ mod tests {
             parse_target(Some("sqlite:///tmp/x.sqlite"), data).unwrap(),
             StoreTarget::Sqlite(PathBuf::from("/tmp/x.sqlite"))
         );
-        assert!(parse_target(Some("postgres://x"), data).is_err());
+        assert_eq!(
+            parse_target(Some("postgres://node/ledger"), data).unwrap(),
+            StoreTarget::Postgres("postgres://node/ledger".into())
+        );
+        assert!(parse_target(Some("mysql://x"), data).is_err());
         assert!(parse_target(Some("sqlite://"), data).is_err());
     }
 }

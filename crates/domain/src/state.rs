@@ -434,6 +434,77 @@ impl Account {
     }
 }
 
+/// Where an account stood before a batch of decisions was folded in: enough to take the
+/// batch back out when its append fails, without copying the records (a hot account holds
+/// millions). Only the small core is copied.
+#[derive(Debug, Clone)]
+pub struct Savepoint {
+    version: u64,
+    core: Option<Core>,
+    verification_submitted_version: u64,
+    verification_decided_version: u64,
+}
+
+impl Account {
+    /// Marks where the account stands now.
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            version: self.version,
+            core: self.core.clone(),
+            verification_submitted_version: self.records.verification_submitted_version,
+            verification_decided_version: self.records.verification_decided_version,
+        }
+    }
+
+    /// Takes back `events`, every event applied since `savepoint` in the order they were
+    /// applied, leaving the account exactly as it was at the savepoint. Each record an event
+    /// added is keyed by an id that `decide` never reuses, so removing it restores the map.
+    pub fn rollback(&mut self, savepoint: Savepoint, events: &[Event]) {
+        debug_assert_eq!(
+            self.version,
+            savepoint.version + events.len() as u64,
+            "rollback must name every event applied since the savepoint"
+        );
+        let records = &mut self.records;
+        for event in events.iter().rev() {
+            match event {
+                Event::TierChanged(data) => {
+                    records.references.remove(&data.reference);
+                }
+                Event::AllowanceRenewed(data) => {
+                    if let Some(invoice_id) = &data.invoice_id {
+                        records.invoices.remove(invoice_id);
+                    }
+                }
+                Event::TopUpPurchased(data) => {
+                    records.purchases.remove(&data.purchase_id);
+                }
+                Event::GrantAdded(data) => {
+                    records.grants.remove(&data.grant_id);
+                }
+                Event::CreditsCharged(data) => {
+                    records.charges.remove(&data.charge_id);
+                }
+                Event::ChargeRefunded(data) => {
+                    if let Some(record) = records.charges.get_mut(&data.charge_id) {
+                        record.refund = None;
+                    }
+                }
+                Event::HoldCaptured(HoldCaptured { hold_id, .. })
+                | Event::HoldReleased(HoldReleased { hold_id, .. })
+                | Event::HoldExpired(HoldExpired { hold_id, .. }) => {
+                    records.closed_holds.remove(hold_id);
+                }
+                _ => {}
+            }
+        }
+        records.verification_submitted_version = savepoint.verification_submitted_version;
+        records.verification_decided_version = savepoint.verification_decided_version;
+        self.core = savepoint.core;
+        self.version = savepoint.version;
+    }
+}
+
 /// Applies an event, the stream's `version`-th, to the core alone. Public so that `decide`
 /// can look ahead on a copy.
 pub fn evolve_core(core: &mut Core, event: &Event, version: u64) {

@@ -10,6 +10,7 @@ pub mod export;
 pub mod ledger;
 pub mod metrics;
 pub mod pages;
+pub mod process;
 pub mod scheduler;
 pub mod summary;
 pub mod tokens;

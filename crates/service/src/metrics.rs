@@ -43,6 +43,9 @@ pub struct Metrics {
     view_lag_events: Family<ViewLabels, Gauge>,
     view_lag_ms: Family<ViewLabels, Gauge>,
     view_applied: Family<ViewLabels, Gauge>,
+    process_threads: Gauge,
+    process_open_files: Gauge,
+    process_resident_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +102,24 @@ impl Metrics {
             "Events each view has applied since start",
             view_applied.clone(),
         );
+        let process_threads = Gauge::default();
+        registry.register(
+            "process_threads",
+            "Threads of the ledger process",
+            process_threads.clone(),
+        );
+        let process_open_files = Gauge::default();
+        registry.register(
+            "process_open_files",
+            "Open file descriptors of the ledger process (files, sockets, pipes)",
+            process_open_files.clone(),
+        );
+        let process_resident_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the ledger process",
+            process_resident_bytes.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             requests,
@@ -107,6 +128,9 @@ impl Metrics {
             view_lag_events,
             view_lag_ms,
             view_applied,
+            process_threads,
+            process_open_files,
+            process_resident_bytes,
         }
     }
 
@@ -146,6 +170,11 @@ impl Metrics {
             self.view_applied
                 .get_or_create(&labels)
                 .set(gauge(view.events_applied));
+        }
+        if let Some(stats) = crate::process::sample() {
+            self.process_threads.set(gauge(stats.threads));
+            self.process_open_files.set(gauge(stats.open_files));
+            self.process_resident_bytes.set(gauge(stats.resident_bytes));
         }
         let registry = self
             .registry

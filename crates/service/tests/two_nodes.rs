@@ -1,7 +1,9 @@
-//! Two service instances (two `Ledger`s with their own caches) on one store answer exactly
-//! as one instance does, whichever instance each command goes to. A refusal, a replay or a
-//! no-op writes nothing, so no expected-version check would catch a cache that the other
-//! instance left behind: the command handler must look at the stream before answering.
+//! The answers do not depend on how commands arrive. Two service instances (two `Ledger`s
+//! with their own caches) on one store answer exactly as one instance does, whichever
+//! instance each command goes to: a refusal, a replay or a no-op writes nothing, so no
+//! expected-version check would catch a cache that the other instance left behind, and the
+//! command handler must look at the stream before answering. And commands decided together
+//! as one batch on one account answer exactly as the same commands one after another.
 
 use std::sync::{Arc, Mutex};
 
@@ -327,5 +329,95 @@ proptest! {
         steps.insert(0, (0, 0, Command::OpenAccount));
         let (one, two) = run_both(&steps);
         prop_assert_eq!(one, two);
+    }
+}
+
+/// Runs `prefix` one by one, then `batch` queued together (decided as one batch), and on
+/// another store the same commands all one by one at the same instants; returns the
+/// answers to `batch` both ways.
+fn batched_and_sequential(prefix: &[Command], batch: &[Command]) -> (Vec<String>, Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut answers = Vec::new();
+        for batched in [false, true] {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let clock = TestClock::new();
+            let ledger = ledgers(dir.path(), 1, &clock).remove(0);
+            for command in prefix {
+                clock.advance_ms(700);
+                observed(ledger.execute(ACCOUNT, command, "test").await);
+            }
+            clock.advance_ms(700);
+            let seen: Vec<String> = if batched {
+                let commands = batch
+                    .iter()
+                    .map(|command| (command.clone(), "test".to_string()))
+                    .collect();
+                ledger
+                    .execute_all(ACCOUNT, commands)
+                    .await
+                    .into_iter()
+                    .map(observed)
+                    .collect()
+            } else {
+                let mut seen = Vec::new();
+                for command in batch {
+                    seen.push(observed(ledger.execute(ACCOUNT, command, "test").await));
+                }
+                seen
+            };
+            answers.push(seen);
+        }
+        let batched = answers.pop().expect("the batched run");
+        let sequential = answers.pop().expect("the sequential run");
+        (sequential, batched)
+    })
+}
+
+#[test]
+fn a_batch_with_a_repeat_a_refusal_and_a_spend_answers_as_one_by_one() {
+    let flux = || run_of("flux-schnell", Some(100), None);
+    let (sequential, batched) = batched_and_sequential(
+        &[Command::OpenAccount],
+        &[
+            charge("a", flux()),
+            charge("a", flux()),
+            charge("b", flux()),
+            charge("c", flux()),
+            top_up("p1", 300),
+            charge("c", flux()),
+            refund("a"),
+            charge("d", run_of("flux-pro", Some(1), None)),
+            top_up("p1", 300),
+        ],
+    );
+    assert_eq!(sequential, batched);
+    assert!(batched[1].contains("replayed=true"), "{}", batched[1]);
+    assert!(
+        batched[3].starts_with("rejected INSUFFICIENT_CREDITS"),
+        "{}",
+        batched[3]
+    );
+    assert!(batched[5].contains("replayed=false"), "{}", batched[5]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Random batches on one account (after a random history) answer exactly as the same
+    /// commands executed one after another: a 402 is decided against the state the commands
+    /// before it in the batch left, repeats inside the batch are replays, positions match.
+    #[test]
+    fn a_batch_answers_as_its_commands_one_after_another(
+        prefix in prop::collection::vec(any_command(), 0..15),
+        batch in prop::collection::vec(any_command(), 1..30),
+    ) {
+        let mut history = vec![Command::OpenAccount];
+        history.extend(prefix);
+        let (sequential, batched) = batched_and_sequential(&history, &batch);
+        prop_assert_eq!(sequential, batched);
     }
 }

@@ -227,13 +227,15 @@ impl ViewFile {
             });
         }
         // The cache holds the rows' B-tree pages a batch updates; 64 MiB covers a few hundred
-        // thousand accounts, beyond that pages come from the OS cache.
+        // thousand accounts, beyond that pages come from the OS cache. The WAL is checkpointed
+        // every ~4 MiB and cut back to 1 MiB afterwards, so a view's disk use follows its data
+        // (a 10,000-page checkpoint interval left 40 MB WAL files beside 100 KB views).
         connection
             .execute_batch(
                 "PRAGMA synchronous = NORMAL;
                  PRAGMA cache_size = -65536;
-                 PRAGMA wal_autocheckpoint = 10000;
-                 PRAGMA journal_size_limit = 67108864;
+                 PRAGMA wal_autocheckpoint = 1000;
+                 PRAGMA journal_size_limit = 1048576;
                  PRAGMA temp_store = MEMORY;",
             )
             .map_err(failed)?;

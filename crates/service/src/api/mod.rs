@@ -1,6 +1,7 @@
 //! The HTTP API of SPEC section 8: routes, roles, the error envelope, `position` on every
-//! command answer and `min_position` on reads.
+//! command answer and `min_position` on reads, and the support console's embedded files.
 
+mod console;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -8,6 +9,7 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
+pub use self::console::CONTENT_SECURITY_POLICY;
 pub use self::routes::{allowed_roles, router, Access, RouteSpec, Verb, ROUTES, ROUTE_TABLE};
 
 use std::sync::Arc;

@@ -16,9 +16,9 @@ use ledger_domain::Rejection;
 use super::error::ApiError;
 use super::extract::{Caller, BODY_LIMIT_BYTES};
 use super::{
-    admission, approve_verification, audit_events, capture_hold, dto, events, explain, get_account,
-    healthz, metrics, open_account, receipt_route, refund, reject_verification, release_hold,
-    submit_verification, summary_route, AppState,
+    admission, approve_verification, audit_events, capture_hold, console, dto, events, explain,
+    get_account, healthz, metrics, open_account, receipt_route, refund, reject_verification,
+    release_hold, submit_verification, summary_route, AppState,
 };
 use crate::tokens::Role;
 
@@ -109,6 +109,11 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
     route(GET, "/v1/audit/events", FINANCE, |m| on(m, audit_events)),
     route(GET, "/healthz", PUBLIC, |m| on(m, healthz)),
     route(GET, "/metrics", PUBLIC, |m| on(m, metrics)),
+    // The support console (SPEC section 15): public, because the page itself asks for a token
+    // and every read it makes goes through the routes above with that token.
+    route(GET, "/console", PUBLIC, |m| on(m, console::page)),
+    route(GET, "/console/app.js", PUBLIC, |m| on(m, console::script)),
+    route(GET, "/console/app.css", PUBLIC, |m| on(m, console::style)),
 ];
 
 // Checked when the crate compiles: an empty role list would quietly mean "admin only", and

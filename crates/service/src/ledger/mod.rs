@@ -3,15 +3,17 @@
 //! A version conflict means another writer got there first: catch up and decide again, a
 //! bounded number of times. That is what keeps concurrent executors from overdrawing.
 
-use std::collections::{BTreeMap, HashMap};
+mod batch;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ledger_domain::decide::{decide, Decision, Reply};
-use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, GENESIS_HASH};
+use ledger_domain::decide::{Decision, Reply};
+use ledger_domain::envelope::{stream_name, Envelope, GENESIS_HASH};
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Catalog, Command, Instant, Rejection};
-use ledger_store::{EventStore, ExpectedVersion, NewEvent, StoreError};
-use tracing::{debug, warn};
+use ledger_store::{EventStore, StoreError};
+use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::pages::read_stream_pages;
@@ -120,7 +122,29 @@ impl Cached {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Cached>>;
+/// One account: the commands queued for it and its cached state. Whoever holds `state`
+/// decides what is queued.
+#[derive(Debug)]
+struct AccountSlot {
+    queue: Mutex<VecDeque<batch::Pending>>,
+    state: Arc<tokio::sync::Mutex<Cached>>,
+}
+
+type Slot = Arc<AccountSlot>;
+
+/// Locks a std mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The error of a command whose answer never came (the runtime is shutting down).
+fn dropped() -> CommandError {
+    CommandError::Store(StoreError::Unavailable(
+        "the command handler stopped before answering; retry with the same id".into(),
+    ))
+}
 
 /// The command side of the ledger.
 #[derive(Clone)]
@@ -174,7 +198,12 @@ impl Ledger {
         }
         accounts
             .entry(account_id.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Cached::new(account_id))))
+            .or_insert_with(|| {
+                Arc::new(AccountSlot {
+                    queue: Mutex::new(VecDeque::new()),
+                    state: Arc::new(tokio::sync::Mutex::new(Cached::new(account_id))),
+                })
+            })
             .clone()
     }
 
@@ -208,150 +237,102 @@ impl Ledger {
         Ok(cached.account.version != before)
     }
 
-    /// Runs `command` on `account_id` for `actor`.
+    /// Runs `command` on `account_id` for `actor`. Commands that queue for one account while
+    /// its previous batch is being written are decided together, in arrival order, and
+    /// written with one append (see `batch.rs`); each caller gets its own answer.
     pub async fn execute(
         &self,
         account_id: &str,
         command: &Command,
         actor: &str,
     ) -> Result<Outcome, CommandError> {
+        let mut answers = self
+            .execute_all(account_id, vec![(command.clone(), actor.to_string())])
+            .await;
+        answers.pop().unwrap_or_else(|| Err(dropped()))
+    }
+
+    /// Runs `commands` on `account_id`, queued together in this order (so that, with nobody
+    /// else queued, they are decided as one batch), and returns each one's answer.
+    pub async fn execute_all(
+        &self,
+        account_id: &str,
+        commands: Vec<(Command, String)>,
+    ) -> Vec<Result<Outcome, CommandError>> {
         let slot = self.slot(account_id);
-        let mut cached = slot.lock().await;
-        if cached.account.version == 0 {
-            self.catch_up(&mut cached).await?;
-        }
-        let stream = stream_name(account_id);
-        let mut last_rejection = None;
-        for attempt in 0..CONFLICT_ATTEMPTS_MAX {
-            let now = self.clock.now();
-            let decision = match decide(&cached.account, &self.catalog, command, now) {
-                Ok(decision) => decision,
-                Err(rejection) => {
-                    // A refusal writes nothing, so no expected-version check would catch a
-                    // cache that another node left behind: look at the stream before
-                    // refusing, and decide again if it moved.
-                    if self.catch_up(&mut cached).await? {
-                        last_rejection = Some(rejection);
-                        continue;
-                    }
-                    return Err(rejection.into());
-                }
-            };
-            if decision.events.is_empty() {
-                // A replay of a command with a caller id answers with a record that never
-                // changes, so a stale cache answers it as well as a fresh one. Every other
-                // answer that writes nothing is checked against the stream first.
-                let settled = decision.replayed && command.has_caller_id();
-                if !settled && self.catch_up(&mut cached).await? {
-                    continue;
-                }
-                return self.answer_unwritten(&mut cached, decision, now).await;
-            }
-            let cause = Cause {
-                command_id: command.command_id(now),
-                actor: actor.to_string(),
-            };
-            let version = cached.account.version;
-            let sealed = seal(
-                &stream,
-                version,
-                &cached.last_hash,
-                &cause,
-                now,
-                now,
-                decision.events,
-            );
-            let batch = sealed
-                .iter()
-                .map(|(envelope, payload)| NewEvent {
-                    event_id: envelope.event_id,
-                    event_type: envelope.event.type_name().to_string(),
-                    payload: payload.clone(),
-                })
-                .collect();
-            match self
-                .store
-                .append(&stream, ExpectedVersion::from_last_version(version), batch)
-                .await
-            {
-                Ok(appended) => {
-                    let mut written = Vec::with_capacity(sealed.len());
-                    for (mut envelope, _) in sealed {
-                        cached.last_hash = envelope.hash.clone();
-                        cached.account.evolve(&envelope.event);
-                        cached.positions.push(appended.position);
-                        envelope.position = Some(appended.position);
-                        written.push(envelope);
-                    }
-                    let core = wants_core(&decision.reply)
-                        .then(|| cached.account.core.clone().map(Arc::new))
-                        .flatten();
-                    if let Some(core) = &core {
-                        let version = cached.account.version;
-                        cached.remember_answer(version, core.clone(), now);
-                    }
-                    return Ok(Outcome {
-                        reply: decision.reply,
-                        replayed: false,
-                        position: Some(appended.position),
-                        core,
-                        at: now,
-                        written,
-                    });
-                }
-                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
-                    debug!(
-                        account_id,
-                        attempt, actual, "lost the race for the stream; catching up"
-                    );
-                    backoff(attempt).await;
-                    self.catch_up(&mut cached).await?;
-                }
-                // Event ids derive from the command: a clash means another replica already
-                // wrote this command from a staler view of the stream. Catch up; deciding again
-                // then finds the command done and answers the retry.
-                Err(StoreError::EventIdConflict { .. }) => {
-                    debug!(
-                        account_id,
-                        attempt, "command already written by another writer; catching up"
-                    );
-                    backoff(attempt).await;
-                    self.catch_up(&mut cached).await?;
-                }
-                Err(err) => {
-                    // The append may or may not have landed: forget the cache so the next
-                    // command reads the truth from the stream.
-                    *cached = Cached::new(account_id);
-                    return Err(err.into());
-                }
+        let mut answers = Vec::with_capacity(commands.len());
+        {
+            let mut queue = lock(&slot.queue);
+            for (command, actor) in commands {
+                let (reply, answer) = oneshot::channel();
+                queue.push_back(batch::Pending {
+                    command,
+                    actor,
+                    reply,
+                });
+                answers.push(answer);
             }
         }
-        if let Some(rejection) = last_rejection {
-            // The stream kept moving under a refusal: answer with the latest one decided.
-            return Err(rejection.into());
+        self.drive(&slot);
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or_else(|_| Err(dropped())));
         }
-        warn!(
-            account_id,
-            "gave up after {CONFLICT_ATTEMPTS_MAX} conflicting appends"
-        );
-        Err(CommandError::Store(StoreError::Unavailable(format!(
-            "stream {stream} is too contended; retry with the same id"
-        ))))
+        results
+    }
+
+    /// Makes sure somebody decides what is queued for the account. If nobody holds the
+    /// account, a task takes it and decides everything queued, a bounded batch at a time.
+    /// The task is spawned so that a caller giving up (a dropped request) never stops a
+    /// batch half-way, between folding its events into the cache and knowing their fate.
+    fn drive(&self, slot: &Slot) {
+        let Ok(mut guard) = slot.state.clone().try_lock_owned() else {
+            // The holder looks at the queue again after letting go: ours will be seen.
+            return;
+        };
+        let ledger = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            loop {
+                loop {
+                    let pending: Vec<batch::Pending> = {
+                        let mut queue = lock(&slot.queue);
+                        let count = queue.len().min(batch::BATCH_MAX);
+                        queue.drain(..count).collect()
+                    };
+                    if pending.is_empty() {
+                        break;
+                    }
+                    ledger.run_batch(&mut guard, pending).await;
+                }
+                drop(guard);
+                // A command queued after the last look but before letting go of the account
+                // found it held and left its deciding to us.
+                if lock(&slot.queue).is_empty() {
+                    return;
+                }
+                match slot.state.clone().try_lock_owned() {
+                    Ok(again) => guard = again,
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     /// The answer to a decision that writes nothing: a replay repeats the first answer, with
-    /// its position and the account as it was then; anything else answers from now.
+    /// its position and the account as it was then; anything else answers with the account
+    /// as it was decided on (`then`: its version, and its core when the answer shows it).
     async fn answer_unwritten(
         &self,
         cached: &mut Cached,
         decision: Decision,
         now: Instant,
+        then: (u64, Option<Arc<Core>>),
     ) -> Result<Outcome, CommandError> {
-        let wants_core = wants_core(&decision.reply);
         let (position, core, at) = match decision.replay_of {
             Some(version) => {
                 let position = cached.position_of(version);
-                let (core, at) = if wants_core {
+                let (core, at) = if wants_core(&decision.reply) {
                     let (core, at) = self.answer_state(cached, version).await?;
                     (Some(core), at)
                 } else {
@@ -360,10 +341,8 @@ impl Ledger {
                 (position, core, at)
             }
             None => {
-                let core = wants_core
-                    .then(|| cached.account.core.clone().map(Arc::new))
-                    .flatten();
-                (cached.last_position(), core, now)
+                let (version, core) = then;
+                (cached.position_of(version), core, now)
             }
         };
         Ok(Outcome {
@@ -414,7 +393,7 @@ impl Ledger {
     /// The account as the command side knows it, after catching up with the stream.
     pub async fn load(&self, account_id: &str) -> Result<(Account, Option<u64>), CommandError> {
         let slot = self.slot(account_id);
-        let mut cached = slot.lock().await;
+        let mut cached = slot.state.lock().await;
         self.catch_up(&mut cached).await?;
         Ok((cached.account.clone(), cached.last_position()))
     }

@@ -1,0 +1,231 @@
+//! Benchmark: durable charges per second through the command handler (decide, seal, one
+//! append per batch, fsync), without HTTP, against the naive design measured in the same
+//! run: one SQLite transaction per charge (`UPDATE balance ... WHERE balance >= cost` plus an
+//! `INSERT`, WAL, `synchronous=FULL`).
+//!
+//! Scenarios (issue 18): 256 tasks charging 10,000 accounts, 64 tasks on one hot account,
+//! and one task. Each charge costs 1 credit (`assistant-chat`); accounts are pro with a
+//! large top-up, so nothing is refused.
+//!
+//! Run with `cargo bench -p ledger-service --bench charges`. `LEDGER_BENCH_RUNS` and
+//! `LEDGER_BENCH_MILLIS` change the number and length of the runs (default 3 x 3000 ms).
+
+// Rates and ratios of measurements are floats; no credit amount is.
+#![allow(clippy::float_arithmetic)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ledger_domain::catalog::Tier;
+use ledger_domain::command::{ChangeSubscription, Charge, PurchaseTopUp, Quantity};
+use ledger_domain::events::{Billing, Via};
+use ledger_domain::{Catalog, Command};
+use ledger_service::clock::SystemClock;
+use ledger_service::ledger::Ledger;
+use ledger_store::EventStore;
+use ledger_store_sqlite::SqliteStore;
+use rusqlite::{params, Connection};
+
+// As in the `ledger` binary: the domain allocates small strings on every command.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Tasks preparing accounts at once.
+const PREPARE_TASKS: usize = 128;
+
+/// (name, tasks, accounts)
+const SCENARIOS: [(&str, usize, usize); 3] = [
+    ("256 tasks, 10,000 accounts", 256, 10_000),
+    ("64 tasks, one account", 64, 1),
+    ("one task", 1, 1),
+];
+
+fn main() -> BenchResult<()> {
+    let runs: usize = env_number("LEDGER_BENCH_RUNS", 3)?;
+    let run_time = Duration::from_millis(env_number("LEDGER_BENCH_MILLIS", 3000)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "durable 1-credit charges/s, median of {runs} runs of {} ms; WAL, synchronous=FULL",
+        run_time.as_millis()
+    );
+    println!();
+    println!("| scenario | ledger (charges/s) | naive: tx per charge (charges/s) | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (name, tasks, accounts) in SCENARIOS {
+        let mut ledger_rates = Vec::with_capacity(runs);
+        let mut naive_rates = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            ledger_rates.push(runtime.block_on(ledger_run(tasks, accounts, run_time))?);
+            naive_rates.push(naive_run(tasks, accounts, run_time)?);
+        }
+        let ledger = median(&mut ledger_rates);
+        let naive = median(&mut naive_rates);
+        println!(
+            "| {name} | {ledger:.0} | {naive:.0} | {:.1} |",
+            ledger / naive.max(1.0)
+        );
+    }
+    Ok(())
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> BenchResult<T> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .map_err(|_| format!("{name} must be a number, not {text:?}").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn account_id(n: usize) -> String {
+    format!("bench-{n}")
+}
+
+/// Charges through the command handler for `run_time`, `tasks` at once over `accounts`.
+async fn ledger_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchResult<f64> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("e.sqlite"))?);
+    let ledger = Ledger::new(store, Arc::new(Catalog::shipped()), Arc::new(SystemClock));
+    // Accounts are prepared concurrently, so their commits are grouped too.
+    let now = chrono::Utc::now();
+    let mut preparing = Vec::new();
+    for first in 0..PREPARE_TASKS.min(accounts) {
+        let ledger = ledger.clone();
+        preparing.push(tokio::spawn(async move {
+            for n in (first..accounts).step_by(PREPARE_TASKS) {
+                let id = account_id(n);
+                for command in [
+                    Command::OpenAccount,
+                    Command::ChangeSubscription(ChangeSubscription {
+                        tier: Tier::Pro,
+                        billing: Some(Billing::Monthly),
+                        period_start: now,
+                        period_end: now + chrono::TimeDelta::days(30),
+                        reference: format!("sub-{id}"),
+                        allowance: None,
+                    }),
+                    Command::PurchaseTopUp(PurchaseTopUp {
+                        purchase_id: format!("lot-{id}"),
+                        credits: 1_000_000_000,
+                        expires_at: None,
+                    }),
+                ] {
+                    ledger
+                        .execute(&id, &command, "billing")
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for task in preparing {
+        task.await??;
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let ledger = ledger.clone();
+        let done = done.clone();
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let account = account_id((task + n * tasks) % accounts);
+                let charge = Command::Charge(Charge {
+                    charge_id: format!("t{task}-{n}"),
+                    run_id: "bench".into(),
+                    node_id: "node".into(),
+                    model: "assistant-chat".into(),
+                    quantity: Quantity::default(),
+                    via: Via::App,
+                });
+                if ledger.execute(&account, &charge, "executor").await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(run_time).await;
+    let charged = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for handle in handles {
+        handle.await?;
+    }
+    Ok(charged as f64 / elapsed.as_secs_f64())
+}
+
+/// The naive design: `tasks` threads share one connection and run one transaction per
+/// charge.
+fn naive_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchResult<f64> {
+    let dir = tempfile::tempdir()?;
+    let connection = Connection::open(dir.path().join("naive.sqlite"))?;
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE balances (account TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+         CREATE TABLE charges (id TEXT PRIMARY KEY, account TEXT NOT NULL, cost INTEGER NOT NULL);",
+    )?;
+    for n in 0..accounts {
+        connection.execute(
+            "INSERT INTO balances VALUES (?1, 1000000000)",
+            params![account_id(n)],
+        )?;
+    }
+    let connection = Arc::new(Mutex::new(connection));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..tasks)
+        .map(|task| {
+            let connection = connection.clone();
+            let stop = stop.clone();
+            let done = done.clone();
+            std::thread::spawn(move || -> rusqlite::Result<()> {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let account = account_id((task + n * tasks) % accounts);
+                    let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+                    let tx = connection.transaction()?;
+                    let changed = tx.execute(
+                        "UPDATE balances SET balance = balance - 1 WHERE account = ?1 AND balance >= 1",
+                        params![account],
+                    )?;
+                    if changed == 1 {
+                        tx.execute(
+                            "INSERT INTO charges VALUES (?1, ?2, 1)",
+                            params![format!("t{task}-{n}"), account],
+                        )?;
+                    }
+                    tx.commit()?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(run_time);
+    let charged = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| "a naive charging thread panicked")??;
+    }
+    Ok(charged as f64 / elapsed.as_secs_f64())
+}

@@ -1,0 +1,347 @@
+//! Group decide: the commands queued for one account are decided one after another against
+//! the cached state, each seeing what the ones before it did, and their events go into one
+//! append with one expected version and one durable commit. A hot account then takes a
+//! batch per commit instead of one command per commit.
+//!
+//! Every caller still gets its own answer: a refusal is decided against the state the
+//! commands before it left, a repeat of a command earlier in the same batch is answered as
+//! a replay, and nobody is answered before the batch's events are durable. When the store
+//! refuses the append (another node wrote first), the batch is taken back out of the cache
+//! and decided again after catching up.
+
+use std::sync::Arc;
+
+use ledger_domain::decide::{decide, Decision, Reply};
+use ledger_domain::envelope::{seal, stream_name, Cause, Envelope};
+use ledger_domain::state::Core;
+use ledger_domain::{Command, Instant, Rejection};
+use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::{backoff, wants_core, Cached, CommandError, Ledger, Outcome, CONFLICT_ATTEMPTS_MAX};
+
+/// Commands decided together at most. Bounded so that one hot account's batch stays short
+/// and its callers' latency with it; other accounts run on their own tasks meanwhile.
+pub(super) const BATCH_MAX: usize = 256;
+
+/// A command waiting for its account, and where its answer goes.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) command: Command,
+    pub(super) actor: String,
+    pub(super) reply: oneshot::Sender<Result<Outcome, CommandError>>,
+}
+
+/// What one command of a batch decided.
+enum Plan {
+    Refused(Rejection),
+    /// Nothing to write: a replay or a no-op, with the version it was decided at and the
+    /// account then, when its answer shows the summary.
+    Unwritten {
+        decision: Decision,
+        version: u64,
+        core: Option<Arc<Core>>,
+    },
+    /// Events folded into the cache, to be appended with the batch.
+    Written {
+        reply: Reply,
+        core: Option<Arc<Core>>,
+        envelopes: Vec<Envelope>,
+    },
+}
+
+impl Ledger {
+    /// Decides `pending` on the account in `cached` and answers every one of them.
+    pub(super) async fn run_batch(&self, cached: &mut Cached, pending: Vec<Pending>) {
+        if cached.account.version == 0 {
+            if let Err(err) = self.catch_up(cached).await {
+                return fail_all(pending, &err);
+            }
+        }
+        let stream = stream_name(&cached.account.account_id);
+        for attempt in 0..CONFLICT_ATTEMPTS_MAX {
+            let now = self.clock.now();
+            let savepoint = cached.account.savepoint();
+            let base_version = cached.account.version;
+            let base_hash = cached.last_hash.clone();
+            let (plans, events) = self.decide_all(cached, &pending, &stream, now);
+            if events.is_empty() {
+                // Nothing to append, so no expected version will check the cache: answers
+                // that depend on the state look at the stream first, and the batch is
+                // decided again if another node moved it. Replays of commands with a caller
+                // id answer with a record that never changes.
+                let unsettled = plans
+                    .iter()
+                    .zip(&pending)
+                    .any(|(plan, pending)| match plan {
+                        Plan::Refused(_) => true,
+                        Plan::Unwritten { decision, .. } => {
+                            !(decision.replayed && pending.command.has_caller_id())
+                        }
+                        Plan::Written { .. } => false,
+                    });
+                if unsettled {
+                    match self.catch_up(cached).await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(err) => return fail_all(pending, &err),
+                    }
+                }
+                return self.answer(cached, pending, plans, now).await;
+            }
+            let applied: Vec<_> = plans
+                .iter()
+                .filter_map(|plan| match plan {
+                    Plan::Written { envelopes, .. } => Some(envelopes),
+                    _ => None,
+                })
+                .flatten()
+                .map(|envelope| envelope.event.clone())
+                .collect();
+            let written_commands = plans
+                .iter()
+                .filter(|plan| matches!(plan, Plan::Written { .. }))
+                .count();
+            let expected = ExpectedVersion::from_last_version(base_version);
+            match self.store.append(&stream, expected, events).await {
+                Ok(appended) => {
+                    let positions = match self.positions(&stream, appended, written_commands).await
+                    {
+                        Ok(positions) => positions,
+                        Err(err) => {
+                            // Durable, but where is unknown: read everything again next time.
+                            *cached = Cached::new(&cached.account.account_id.clone());
+                            return fail_all(pending, &err);
+                        }
+                    };
+                    let mut plans = plans;
+                    self.settle(cached, &mut plans, &positions, now);
+                    return self.answer(cached, pending, plans, now).await;
+                }
+                Err(
+                    StoreError::WrongExpectedVersion { .. } | StoreError::EventIdConflict { .. },
+                ) => {
+                    // Another writer got there first, or already wrote one of these commands
+                    // from a staler view: take the batch back out, catch up, decide again.
+                    debug!(
+                        stream,
+                        attempt, "lost the race for the stream; deciding the batch again"
+                    );
+                    cached.account.rollback(savepoint, &applied);
+                    cached.last_hash = base_hash;
+                    backoff(attempt).await;
+                    if let Err(err) = self.catch_up(cached).await {
+                        return fail_all(pending, &err);
+                    }
+                }
+                Err(err) => {
+                    // The append may or may not have landed: forget the cache so the next
+                    // command reads the truth from the stream. Retries with the same ids are
+                    // safe either way.
+                    *cached = Cached::new(&cached.account.account_id.clone());
+                    return fail_all(pending, &CommandError::from(err));
+                }
+            }
+        }
+        warn!(
+            stream,
+            "gave up after {CONFLICT_ATTEMPTS_MAX} conflicting appends"
+        );
+        let err = CommandError::Store(StoreError::Unavailable(format!(
+            "stream {stream} is too contended; retry with the same id"
+        )));
+        fail_all(pending, &err);
+    }
+
+    /// Decides each command in order against the cache, folding in the events of those that
+    /// write, and returns the plans and the events to append.
+    fn decide_all(
+        &self,
+        cached: &mut Cached,
+        pending: &[Pending],
+        stream: &str,
+        now: Instant,
+    ) -> (Vec<Plan>, Vec<NewEvent>) {
+        let mut plans = Vec::with_capacity(pending.len());
+        let mut events = Vec::new();
+        for pending in pending {
+            let plan = match decide(&cached.account, &self.catalog, &pending.command, now) {
+                Err(rejection) => Plan::Refused(rejection),
+                Ok(decision) if decision.events.is_empty() => {
+                    let core = (decision.replay_of.is_none() && wants_core(&decision.reply))
+                        .then(|| cached.account.core.clone().map(Arc::new))
+                        .flatten();
+                    Plan::Unwritten {
+                        decision,
+                        version: cached.account.version,
+                        core,
+                    }
+                }
+                Ok(decision) => {
+                    let cause = Cause {
+                        command_id: pending.command.command_id(now),
+                        actor: pending.actor.clone(),
+                    };
+                    let sealed = seal(
+                        stream,
+                        cached.account.version,
+                        &cached.last_hash,
+                        &cause,
+                        now,
+                        now,
+                        decision.events,
+                    );
+                    let mut envelopes = Vec::with_capacity(sealed.len());
+                    for (envelope, payload) in sealed {
+                        events.push(NewEvent {
+                            event_id: envelope.event_id,
+                            event_type: envelope.event.type_name().to_string(),
+                            payload,
+                        });
+                        cached.last_hash = envelope.hash.clone();
+                        cached.account.evolve(&envelope.event);
+                        envelopes.push(envelope);
+                    }
+                    let core = wants_core(&decision.reply)
+                        .then(|| cached.account.core.clone().map(Arc::new))
+                        .flatten();
+                    Plan::Written {
+                        reply: decision.reply,
+                        core,
+                        envelopes,
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+        (plans, events)
+    }
+
+    /// The global position of every event of a durable batch, in version order. One
+    /// command's events answer with the append's position; several commands each answer
+    /// with their own last event's, read back from the store.
+    async fn positions(
+        &self,
+        stream: &str,
+        appended: AppendOutcome,
+        written_commands: usize,
+    ) -> Result<Vec<u64>, CommandError> {
+        let count = usize::try_from(appended.last_version - appended.first_version + 1)
+            .unwrap_or(usize::MAX);
+        if written_commands <= 1 {
+            return Ok(vec![appended.position; count]);
+        }
+        let stored = self
+            .store
+            .read_stream(stream, appended.first_version, count)
+            .await?;
+        if stored.len() != count
+            || stored.last().map(|event| event.position) != Some(appended.position)
+        {
+            return Err(CommandError::Corrupt {
+                stream: stream.to_string(),
+                message: format!(
+                    "versions {}..={} read back as {} events",
+                    appended.first_version,
+                    appended.last_version,
+                    stored.len()
+                ),
+            });
+        }
+        Ok(stored.iter().map(|event| event.position).collect())
+    }
+
+    /// Records the positions of a durable batch in the cache and its envelopes, and keeps
+    /// the summary answers for replays.
+    fn settle(&self, cached: &mut Cached, plans: &mut [Plan], positions: &[u64], now: Instant) {
+        let mut positions = positions.iter().copied();
+        let mut version = cached.positions.len() as u64;
+        for plan in plans.iter_mut() {
+            let Plan::Written {
+                core, envelopes, ..
+            } = plan
+            else {
+                continue;
+            };
+            for envelope in envelopes.iter_mut() {
+                let position = positions.next();
+                envelope.position = position;
+                cached.positions.push(position.unwrap_or_default());
+                version += 1;
+            }
+            if let Some(core) = core {
+                cached.remember_answer(version, core.clone(), now);
+            }
+        }
+        debug_assert_eq!(
+            version, cached.account.version,
+            "every event has a position"
+        );
+    }
+
+    /// Answers every command of a batch whose events (if any) are durable.
+    async fn answer(
+        &self,
+        cached: &mut Cached,
+        pending: Vec<Pending>,
+        plans: Vec<Plan>,
+        now: Instant,
+    ) {
+        for (pending, plan) in pending.into_iter().zip(plans) {
+            let result = match plan {
+                Plan::Refused(rejection) => Err(rejection.into()),
+                Plan::Unwritten {
+                    decision,
+                    version,
+                    core,
+                } => {
+                    self.answer_unwritten(cached, decision, now, (version, core))
+                        .await
+                }
+                Plan::Written {
+                    reply,
+                    core,
+                    envelopes,
+                } => Ok(Outcome {
+                    reply,
+                    replayed: false,
+                    position: envelopes.last().and_then(|envelope| envelope.position),
+                    core,
+                    at: now,
+                    written: envelopes,
+                }),
+            };
+            // A caller that gave up no longer listens; its command is done all the same.
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
+/// Answers every command with `err` (store failures are retryable with the same ids).
+fn fail_all(pending: Vec<Pending>, err: &CommandError) {
+    for pending in pending {
+        let _ = pending.reply.send(Err(copy_error(err)));
+    }
+}
+
+/// The same error for another caller. Store errors carry no data worth sharing beyond their
+/// kind and message.
+fn copy_error(err: &CommandError) -> CommandError {
+    match err {
+        CommandError::Rejected(rejection) => CommandError::Rejected(rejection.clone()),
+        CommandError::Store(StoreError::Invalid(message)) => {
+            CommandError::Store(StoreError::Invalid(message.clone()))
+        }
+        CommandError::Store(StoreError::Incompatible(message)) => {
+            CommandError::Store(StoreError::Incompatible(message.clone()))
+        }
+        CommandError::Store(other) => {
+            CommandError::Store(StoreError::Unavailable(other.to_string()))
+        }
+        CommandError::Corrupt { stream, message } => CommandError::Corrupt {
+            stream: stream.clone(),
+            message: message.clone(),
+        },
+    }
+}
