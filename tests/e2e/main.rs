@@ -21,6 +21,7 @@ mod idempotency;
 mod lifecycle;
 mod openapi;
 mod reads;
+mod rebuild;
 mod roles;
 mod stories;
 mod storm;

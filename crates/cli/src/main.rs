@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ledger_projector::{ViewName, ViewSelection};
 
 mod audit;
 mod serve;
@@ -50,14 +51,6 @@ pub enum ProjectorMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ViewName {
-    Balance,
-    TrialUsage,
-    Tier,
-    All,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditAction {
     /// Every event of every account in global order.
     Export,
@@ -99,8 +92,14 @@ enum Commands {
     Project {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_enum, default_value = "all")]
-        view: ViewName,
+        /// balance, trial-usage, tier or all.
+        #[arg(long, default_value = "all")]
+        view: ViewSelection,
+        /// Rebuild one view (balance, trial-usage or tier) from the first event beside the
+        /// live file, switch over atomically, and exit. The live file keeps serving, and
+        /// stays as it was if the rebuild is interrupted; run it again to finish.
+        #[arg(long, value_name = "VIEW", conflicts_with = "view")]
+        rebuild: Option<ViewName>,
     },
     /// Run the scheduler (refreshes, expiries, hold timeouts) as a separate process.
     Schedule {
@@ -205,7 +204,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             projectors,
             no_scheduler,
         } => serve::serve(store, listen, catalog, projectors, !no_scheduler).await,
-        Commands::Project { store, view } => serve::project(store, view).await,
+        Commands::Project {
+            store,
+            rebuild: Some(view),
+            ..
+        } => serve::rebuild(store, view).await,
+        Commands::Project { store, view, .. } => serve::project(store, view).await,
         Commands::Schedule { store, catalog } => serve::schedule(store, catalog).await,
         Commands::Explain {
             account,

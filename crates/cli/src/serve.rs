@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::views;
-use crate::{ProjectorMode, StoreArgs, ViewName};
+use ledger_projector::{ViewName, ViewSelection};
+
+use crate::{ProjectorMode, StoreArgs};
 
 /// The catalog from `--catalog`, or the one shipped with the ledger.
 pub fn load_catalog(path: Option<&Path>) -> anyhow::Result<Catalog> {
@@ -200,11 +202,30 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn project(store_args: StoreArgs, view: ViewName) -> anyhow::Result<ExitCode> {
+pub async fn project(store_args: StoreArgs, view: ViewSelection) -> anyhow::Result<ExitCode> {
     init_tracing();
     let store = open_store(&store_args, true).await?;
     let shutdown = shutdown_signal();
     views::run_projectors(&store_args.data, store, view, until_true(shutdown)).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ledger project --rebuild VIEW`: rebuilds one view beside the live file and switches over,
+/// then exits. SIGTERM stops it cleanly; the live file is untouched until the switch.
+pub async fn rebuild(store_args: StoreArgs, view: ViewName) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let store = open_store(&store_args, false).await?;
+    let shutdown = shutdown_signal();
+    let report = views::rebuild(&store_args.data, store, view, until_true(shutdown)).await?;
+    println!(
+        "rebuilt {}: {} events, {} rows, at position {}",
+        report.view,
+        report.events_applied,
+        report.rows,
+        report
+            .position
+            .map_or_else(|| "none".to_string(), |position| position.to_string())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,14 +5,19 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ledger_projector::{FollowOptions, ProjectorConfig, ViewSelection, Views};
-use ledger_service::views::ReadModel;
+use async_trait::async_trait;
+use ledger_domain::decide::next_due_at;
+use ledger_domain::state::Core;
+use ledger_domain::Instant;
+use ledger_projector::{
+    FollowOptions, ProjectorConfig, Projectors, RebuildReport, ViewName, ViewSelection, Views,
+};
+use ledger_service::views::{ReadModel, ViewStatus};
 use ledger_store::EventStore;
 use tokio::task::JoinHandle;
 use tracing::error;
-
-use crate::ViewName;
 
 /// Projectors running in this process, and a task that stops them on `shutdown`.
 pub async fn embedded(
@@ -36,7 +41,10 @@ pub async fn embedded(
             }
         }
     });
-    Ok((Arc::new(views) as Arc<dyn ReadModel>, vec![task]))
+    Ok((
+        Arc::new(ProjectedViews(views)) as Arc<dyn ReadModel>,
+        vec![task],
+    ))
 }
 
 /// Views read from the files a separate `ledger project` process writes.
@@ -51,22 +59,94 @@ pub async fn follow(
     let (views, follower): (Views, _) = Views::follow_files(data_dir, options).await?;
     // The follower polls for as long as the process lives.
     std::mem::forget(follower);
-    Ok(Arc::new(views))
+    Ok(Arc::new(ProjectedViews(views)))
+}
+
+/// Rebuilds `view` side by side: starts its projector (which first brings the live file up
+/// to date), builds a fresh file beside it from the first event, switches over atomically,
+/// and stops. Interrupted by `shutdown` or a kill, it leaves the live file as it was.
+pub async fn rebuild(
+    data_dir: &Path,
+    store: Arc<dyn EventStore>,
+    view: ViewName,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RebuildReport> {
+    let projectors = Projectors::start(
+        store,
+        data_dir,
+        ViewSelection::One(view),
+        ProjectorConfig::default(),
+    )
+    .await?;
+    let rebuilt = tokio::select! {
+        rebuilt = projectors.rebuild(view) => Some(rebuilt),
+        () = shutdown => None,
+    };
+    projectors.stop().await?;
+    match rebuilt {
+        Some(rebuilt) => Ok(rebuilt?),
+        None => anyhow::bail!("the rebuild of {view} was stopped before the switch-over"),
+    }
 }
 
 /// Runs the selected projectors until `shutdown`.
 pub async fn run_projectors(
     data_dir: &Path,
     store: Arc<dyn EventStore>,
-    view: ViewName,
+    which: ViewSelection,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let which = match view {
-        ViewName::Balance => ViewSelection::One(ledger_projector::ViewName::Balance),
-        ViewName::TrialUsage => ViewSelection::One(ledger_projector::ViewName::TrialUsage),
-        ViewName::Tier => ViewSelection::One(ledger_projector::ViewName::Tier),
-        ViewName::All => ViewSelection::All,
-    };
     ledger_projector::run(store, data_dir, which, ProjectorConfig::default(), shutdown).await?;
     Ok(())
+}
+
+/// The projector's in-memory views as the service's read model. A newtype here, in the
+/// binary, so that neither the service nor the projector depends on the other.
+#[derive(Debug, Clone)]
+pub struct ProjectedViews(pub Views);
+
+#[async_trait]
+impl ReadModel for ProjectedViews {
+    fn account(&self, account_id: &str) -> Option<Core> {
+        self.0.account(account_id)
+    }
+
+    fn position(&self) -> Option<u64> {
+        self.0.position()
+    }
+
+    async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
+        self.0.wait_for(position, timeout).await.is_ok()
+    }
+
+    fn due_accounts(&self, now: Instant) -> Vec<String> {
+        // Runs every second over every account: read the shared rows in place rather than
+        // copying three rows per account.
+        self.0
+            .tier
+            .snapshot()
+            .into_iter()
+            .filter_map(|(account_id, plan)| {
+                let balance = self.0.balance.get(&account_id)?;
+                let trials = self.0.trial_usage.get(&account_id)?;
+                next_due_at(&plan.row, &balance.row, &trials.row, now)
+                    .filter(|due_at| *due_at <= now)
+                    .map(|_| account_id)
+            })
+            .collect()
+    }
+
+    fn status(&self) -> Vec<ViewStatus> {
+        self.0
+            .metrics()
+            .into_iter()
+            .map(|metrics| ViewStatus {
+                name: metrics.view.as_str(),
+                position: metrics.position,
+                lag_events: metrics.lag_events,
+                lag_ms: metrics.lag_ms,
+                events_applied: metrics.events_applied,
+            })
+            .collect()
+    }
 }

@@ -11,7 +11,7 @@ use crate::credits::Credits;
 use crate::decide::{check_access, cost_of, priced_quantity, Access};
 use crate::events::{PaidBy, Via};
 use crate::rejection::Rejection;
-use crate::state::Trial;
+use crate::state::{Core, Trial};
 use crate::time::Instant;
 
 /// A workflow node type.
@@ -56,17 +56,6 @@ pub struct AdmissionNode {
     pub quantity: Quantity,
 }
 
-/// What the views say about an account.
-#[derive(Debug, Clone, Copy)]
-pub struct AccountView<'a> {
-    pub tier: Tier,
-    pub scope: Scope,
-    pub unlimited: bool,
-    /// Credits available now (live buckets, holds excluded).
-    pub available: Credits,
-    pub trials: &'a BTreeMap<String, Trial>,
-}
-
 /// One node's price in an admitted workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeCost {
@@ -91,6 +80,16 @@ pub struct Blocked {
     pub rejection: Rejection,
 }
 
+/// What admission reads of an account's three views, taken once.
+struct View<'a> {
+    tier: Tier,
+    scope: Scope,
+    unlimited: bool,
+    /// Credits available now (live buckets, holds excluded).
+    available: Credits,
+    trials: &'a BTreeMap<String, Trial>,
+}
+
 /// At most this many nodes per admission: bounds the work one request can ask for.
 pub const ADMISSION_NODES_MAX: usize = 1_000;
 
@@ -98,12 +97,19 @@ pub const ADMISSION_NODES_MAX: usize = 1_000;
 /// Trials are counted across the workflow: two runs of a model with one free run left block
 /// on the second.
 pub fn admit(
-    view: &AccountView<'_>,
+    account: &Core,
     catalog: &Catalog,
     via: Via,
     nodes: &[AdmissionNode],
     now: Instant,
 ) -> Result<Admission, Blocked> {
+    let view = View {
+        tier: account.plan.tier,
+        scope: account.plan.scope,
+        unlimited: account.plan.unlimited,
+        available: account.available(now),
+        trials: &account.trials.models,
+    };
     let whole = |rejection: Rejection| Blocked {
         node_id: None,
         rejection,

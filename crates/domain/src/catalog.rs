@@ -112,6 +112,16 @@ pub enum TrialTerms {
     Window(DurationS),
 }
 
+impl TrialTerms {
+    /// The kind of trial these terms grant.
+    pub fn kind(self) -> crate::events::TrialKind {
+        match self {
+            TrialTerms::Runs(_) => crate::events::TrialKind::Runs,
+            TrialTerms::Window(_) => crate::events::TrialKind::Window,
+        }
+    }
+}
+
 /// One plan's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {

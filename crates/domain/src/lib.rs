@@ -16,7 +16,7 @@ pub mod state;
 pub mod time;
 pub mod upcast;
 
-pub use admission::{admit, AccountView, Admission, AdmissionNode, Blocked, NodeType};
+pub use admission::{admit, Admission, AdmissionNode, Blocked, NodeType};
 pub use catalog::{Catalog, CatalogError, Tier};
 pub use command::Command;
 pub use credits::Credits;

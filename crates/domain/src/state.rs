@@ -20,12 +20,62 @@ pub enum HoldResolution {
 }
 
 impl HoldResolution {
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> HoldStatus {
         match self {
-            HoldResolution::Captured(_) => "captured",
-            HoldResolution::Released(_) => "released",
-            HoldResolution::Expired(_) => "expired",
+            HoldResolution::Captured(_) => HoldStatus::Captured,
+            HoldResolution::Released(_) => HoldStatus::Released,
+            HoldResolution::Expired(_) => HoldStatus::Expired,
         }
+    }
+}
+
+/// Declares a status enum that serialises as, displays as and `as_str`s to its API name.
+macro_rules! api_status {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+api_status! {
+    /// How a hold ended, as receipts and `HOLD_CLOSED` name it.
+    HoldStatus { Captured => "captured", Released => "released", Expired => "expired" }
+}
+
+api_status! {
+    /// Business verification as the summary and explain show it.
+    VerificationStatus {
+        None => "none",
+        Pending => "pending",
+        Approved => "approved",
+        Rejected => "rejected",
+    }
+}
+
+api_status! {
+    /// Trial status as the summary and explain show it.
+    TrialStatus {
+        Unused => "unused",
+        Active => "active",
+        Exhausted => "exhausted",
+        Expired => "expired",
     }
 }
 
@@ -42,26 +92,6 @@ pub struct Trial {
     pub closes_at: Option<Instant>,
     /// The scheduler recorded the window's close.
     pub closed: bool,
-}
-
-/// Trial status as the summary shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrialStatus {
-    Unused,
-    Active,
-    Exhausted,
-    Expired,
-}
-
-impl TrialStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrialStatus::Unused => "unused",
-            TrialStatus::Active => "active",
-            TrialStatus::Exhausted => "exhausted",
-            TrialStatus::Expired => "expired",
-        }
-    }
 }
 
 impl Trial {
@@ -91,12 +121,12 @@ pub enum Verification {
 }
 
 impl Verification {
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> VerificationStatus {
         match self {
-            Verification::None => "none",
-            Verification::Pending(_) => "pending",
-            Verification::Approved(_) => "approved",
-            Verification::Rejected(..) => "rejected",
+            Verification::None => VerificationStatus::None,
+            Verification::Pending(_) => VerificationStatus::Pending,
+            Verification::Approved(_) => VerificationStatus::Approved,
+            Verification::Rejected(..) => VerificationStatus::Rejected,
         }
     }
 }
@@ -127,7 +157,10 @@ pub struct Trials {
     pub models: BTreeMap<String, Trial>,
 }
 
-/// The small, frequently copied part of an account: what the three views hold together.
+/// An account's three views together (plan, balance, trials): the small, frequently copied
+/// part of the account that `decide` reads, the projector's views hold row by row, and the
+/// service's read model and admission answer from. The one type for "an account as the
+/// views see it".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Core {
     pub plan: PlanState,

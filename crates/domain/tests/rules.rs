@@ -322,7 +322,8 @@ fn a_rejected_verification_can_be_submitted_again() {
             .unwrap()
             .plan
             .verification
-            .status(),
+            .status()
+            .as_str(),
         "rejected"
     );
     let then = given.when(verify());

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::state::{Balance, Core, PlanState, Trials};
 use ledger_store::GlobalPosition;
 use tokio::sync::watch;
 
@@ -212,17 +212,6 @@ impl<R: Clone> ViewHandle<R> {
     }
 }
 
-/// One account as the three views see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountViews {
-    /// From the tier view.
-    pub plan: PlanState,
-    /// From the balance view.
-    pub balance: Balance,
-    /// From the trial-usage view.
-    pub trials: Trials,
-}
-
 /// The three views the admission check and the account summary read.
 ///
 /// The views advance independently, each consistent in itself; [`Views::position`] is the
@@ -246,8 +235,8 @@ impl Views {
 
     /// An account's rows from all three views, or `None` if any view does not know the
     /// account (yet).
-    pub fn account(&self, account_id: &str) -> Option<AccountViews> {
-        Some(AccountViews {
+    pub fn account(&self, account_id: &str) -> Option<Core> {
+        Some(Core {
             plan: self.tier.row(account_id)?,
             balance: self.balance.row(account_id)?,
             trials: self.trial_usage.row(account_id)?,

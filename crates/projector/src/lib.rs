@@ -33,7 +33,7 @@ mod worker;
 
 pub use error::{ProjectorError, WaitTimeout};
 pub use follow::{FollowOptions, Follower};
-pub use handle::{AccountViews, Versioned, ViewHandle, Views};
+pub use handle::{Versioned, ViewHandle, Views};
 pub use metrics::{RebuildProgress, ViewMetrics};
 pub use projection::{
     BalanceView, Projection, TierView, TrialUsageView, UnknownView, ViewName, ViewSelection,

@@ -9,6 +9,7 @@ use ledger_domain::buckets;
 use ledger_domain::catalog::{PriceUnit, Scope, Tier};
 use ledger_domain::events::*;
 use ledger_domain::explain::{Explanation, ModelAccessKind, Note};
+use ledger_domain::state::VerificationStatus;
 use ledger_domain::time::{rfc3339, DurationS};
 use ledger_domain::{Credits, Instant};
 
@@ -319,7 +320,8 @@ pub fn render_text(explanation: &Explanation<String>) -> String {
         e.tier.map_or("-", Tier::as_str),
         e.billing.map_or("-", billing),
         e.scope.map_or("-", Scope::as_str),
-        e.business_verification.unwrap_or("-")
+        e.business_verification
+            .map_or("-", VerificationStatus::as_str)
     );
 
     out.push('\n');

@@ -1,10 +1,10 @@
 //! The account summary of SPEC section 8, rendered from the three view shapes. Commands
 //! answer from the state they just decided on; reads answer from the projections.
 
-use ledger_domain::catalog::{Catalog, Tier, TrialTerms};
+use ledger_domain::catalog::{Catalog, Scope, Tier, TrialTerms};
 use ledger_domain::events::TrialKind;
 use ledger_domain::events::{Billing, BucketKind};
-use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::state::{Balance, PlanState, TrialStatus, Trials, VerificationStatus};
 use ledger_domain::{Credits, Instant};
 use serde::Serialize;
 
@@ -13,11 +13,11 @@ pub struct Summary {
     pub account_id: String,
     pub tier: Tier,
     pub billing: Option<Billing>,
-    pub scope: &'static str,
+    pub scope: Scope,
     pub balance: BalanceSummary,
     pub unlimited: bool,
     pub trials: Vec<TrialSummary>,
-    pub business_verification: &'static str,
+    pub business_verification: VerificationStatus,
     pub position: Option<u64>,
 }
 
@@ -50,13 +50,13 @@ pub struct GrantSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrialSummary {
     pub model: String,
-    pub kind: &'static str,
+    pub kind: TrialKind,
     /// Free runs for a count trial; `null` for a window.
     pub limit: Option<u32>,
     pub used: u32,
     pub opened_at: Option<Instant>,
     pub closes_at: Option<Instant>,
-    pub status: &'static str,
+    pub status: TrialStatus,
 }
 
 /// Renders the summary as of `now`: buckets past their expiry are left out even before
@@ -74,7 +74,7 @@ pub fn summarize(
         account_id: account_id.to_string(),
         tier: plan.tier,
         billing: plan.billing,
-        scope: plan.scope.as_str(),
+        scope: plan.scope,
         balance: BalanceSummary {
             total: (!plan.unlimited).then(|| balance.available(now)),
             allowance: balance.live_remaining(BucketKind::Allowance, now),
@@ -112,15 +112,12 @@ fn trial_summaries(catalog: &Catalog, trials: &Trials, now: Instant) -> Vec<Tria
         .iter()
         .map(|(model, trial)| TrialSummary {
             model: model.clone(),
-            kind: match trial.kind {
-                TrialKind::Runs => "runs",
-                TrialKind::Window => "window",
-            },
+            kind: trial.kind,
             limit: (trial.kind == TrialKind::Runs).then_some(trial.limit),
             used: trial.used,
             opened_at: trial.opened_at,
             closes_at: trial.closes_at,
-            status: trial.status(now).as_str(),
+            status: trial.status(now),
         })
         .collect();
     for model in catalog.models() {
@@ -132,10 +129,7 @@ fn trial_summaries(catalog: &Catalog, trials: &Trials, now: Instant) -> Vec<Tria
         }
         summaries.push(TrialSummary {
             model: model.id.clone(),
-            kind: match terms {
-                TrialTerms::Runs(_) => "runs",
-                TrialTerms::Window(_) => "window",
-            },
+            kind: terms.kind(),
             limit: match terms {
                 TrialTerms::Runs(runs) => Some(runs),
                 TrialTerms::Window(_) => None,
@@ -143,7 +137,7 @@ fn trial_summaries(catalog: &Catalog, trials: &Trials, now: Instant) -> Vec<Tria
             used: 0,
             opened_at: None,
             closes_at: None,
-            status: "unused",
+            status: TrialStatus::Unused,
         });
     }
     summaries.sort_by(|a, b| a.model.cmp(&b.model));

@@ -1,21 +1,13 @@
 //! What the service needs from the read side: the three views of an account, answered from
-//! memory, and how far they have got. The projector crate provides the implementation; the
-//! service depends only on this seam so the admission path stays a memory lookup.
+//! memory, and how far they have got. The service depends only on this seam: the binary
+//! wires in the projector's views (crates/cli/src/views.rs), so the admission path stays a
+//! memory lookup and the service knows no concrete read side.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ledger_domain::decide::next_due_at;
-use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::state::Core;
 use ledger_domain::Instant;
-
-/// One account as the views see it.
-#[derive(Debug, Clone)]
-pub struct AccountView {
-    pub plan: PlanState,
-    pub balance: Balance,
-    pub trials: Trials,
-}
 
 /// How far one view has got.
 #[derive(Debug, Clone)]
@@ -31,7 +23,7 @@ pub struct ViewStatus {
 #[async_trait]
 pub trait ReadModel: Send + Sync + std::fmt::Debug + 'static {
     /// The account's rows in the three views, if it exists there yet.
-    fn account(&self, account_id: &str) -> Option<AccountView>;
+    fn account(&self, account_id: &str) -> Option<Core>;
     /// The position every view has reached.
     fn position(&self) -> Option<u64>;
     /// Waits until every view has reached `position`; false on timeout.
@@ -40,55 +32,4 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug + 'static {
     fn due_accounts(&self, now: Instant) -> Vec<String>;
     /// Each view's progress, for `/metrics`.
     fn status(&self) -> Vec<ViewStatus>;
-}
-
-/// The projector's in-memory views are the read model.
-#[async_trait]
-impl ReadModel for ledger_projector::Views {
-    fn account(&self, account_id: &str) -> Option<AccountView> {
-        ledger_projector::Views::account(self, account_id).map(|views| AccountView {
-            plan: views.plan,
-            balance: views.balance,
-            trials: views.trials,
-        })
-    }
-
-    fn position(&self) -> Option<u64> {
-        ledger_projector::Views::position(self)
-    }
-
-    async fn wait_for(&self, position: u64, timeout: Duration) -> bool {
-        ledger_projector::Views::wait_for(self, position, timeout)
-            .await
-            .is_ok()
-    }
-
-    fn due_accounts(&self, now: Instant) -> Vec<String> {
-        // Runs every second over every account: read the shared rows in place rather than
-        // copying three rows per account.
-        self.tier
-            .snapshot()
-            .into_iter()
-            .filter_map(|(account_id, plan)| {
-                let balance = self.balance.get(&account_id)?;
-                let trials = self.trial_usage.get(&account_id)?;
-                next_due_at(&plan.row, &balance.row, &trials.row, now)
-                    .filter(|due_at| *due_at <= now)
-                    .map(|_| account_id)
-            })
-            .collect()
-    }
-
-    fn status(&self) -> Vec<ViewStatus> {
-        self.metrics()
-            .into_iter()
-            .map(|metrics| ViewStatus {
-                name: metrics.view.as_str(),
-                position: metrics.position,
-                lag_events: metrics.lag_events,
-                lag_ms: metrics.lag_ms,
-                events_applied: metrics.events_applied,
-            })
-            .collect()
-    }
 }

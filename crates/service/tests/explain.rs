@@ -10,6 +10,7 @@ use ledger_domain::decide::decide;
 use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, GENESIS_HASH};
 use ledger_domain::events::{Billing, BucketKind, Part, Via};
 use ledger_domain::explain::{explain, BucketName, Explanation, ModelAccessKind};
+use ledger_domain::state::TrialStatus;
 use ledger_domain::{Account, Catalog, Credits, Instant, Tier};
 use ledger_service::explain_text::{render, render_text};
 
@@ -486,7 +487,7 @@ fn a_free_account_that_used_its_flux_pro_trial_sees_why_models_are_blocked() {
     let flux_pro = model("flux-pro");
     assert_eq!(flux_pro.access, ModelAccessKind::Blocked);
     assert_eq!(flux_pro.reason_code, Some("TRIAL_EXHAUSTED"));
-    assert_eq!(flux_pro.trial_status, Some("exhausted"));
+    assert_eq!(flux_pro.trial_status, Some(TrialStatus::Exhausted));
     assert!(flux_pro.reason.as_deref().unwrap().contains("used up"));
     // And seedance needs a higher tier
     for seedance in ["seedance-2.0-i2v", "seedance-2.0-t2v"] {
@@ -500,7 +501,7 @@ fn a_free_account_that_used_its_flux_pro_trial_sees_why_models_are_blocked() {
     assert_eq!(model("flux-schnell").access, ModelAccessKind::Paid);
     assert_eq!(model("flux-schnell").reason_code, None);
     assert_eq!(model("kling-2").access, ModelAccessKind::Trial);
-    assert_eq!(model("kling-2").trial_status, Some("unused"));
+    assert_eq!(model("kling-2").trial_status, Some(TrialStatus::Unused));
     assert_eq!(explanation.models.len(), history.catalog.models().len());
     // And the trial runs moved no credits
     let runs: Vec<_> = explanation

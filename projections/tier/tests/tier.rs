@@ -101,7 +101,7 @@ fn account_opened_puts_the_account_on_the_free_plan() {
     assert!(!row.unlimited);
     assert_eq!(row.plan_allowance, Some(Credits::new(500)));
     assert_eq!(row.subscription_end, at("2026-02-10T12:00:00Z"));
-    assert_eq!(row.verification.status(), "none");
+    assert_eq!(row.verification.status().as_str(), "none");
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn enterprise_without_an_allowance_is_unlimited() {
 #[test]
 fn business_verification_goes_from_pending_to_approved_or_rejected() {
     let then = given_account().when(submit());
-    assert_eq!(then.then_row().verification.status(), "pending");
+    assert_eq!(then.then_row().verification.status().as_str(), "pending");
     let approved = then.when(Command::ApproveBusinessVerification);
     match &approved.then_row().verification {
         Verification::Approved(submission) => assert_eq!(submission.company_name, "Acme GmbH"),

@@ -85,7 +85,9 @@ impl Ctx<'_> {
     fn closed(hold_id: &str, closed: Option<&ClosedHold>) -> Rejection {
         Rejection::HoldClosed {
             hold_id: hold_id.to_string(),
-            status: closed.map_or("expired", |closed| closed.resolution.status()),
+            status: closed
+                .map_or(HoldStatus::Expired, |closed| closed.resolution.status())
+                .as_str(),
         }
     }
 

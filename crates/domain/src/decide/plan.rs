@@ -111,7 +111,7 @@ impl Ctx<'_> {
             && !matches!(self.core.plan.verification, Verification::Approved(_))
         {
             return Err(Rejection::BusinessVerificationRequired {
-                status: self.core.plan.verification.status(),
+                status: self.core.plan.verification.status().as_str(),
             });
         }
         let allowance = self.plan_allowance(c.tier, c.billing, custom)?;

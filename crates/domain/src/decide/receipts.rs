@@ -3,7 +3,7 @@
 
 use crate::credits::Credits;
 use crate::events::*;
-use crate::state::HoldResolution;
+use crate::state::{HoldResolution, HoldStatus};
 use crate::time::Instant;
 
 use super::Reply;
@@ -38,7 +38,7 @@ pub struct HoldReceipt {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HoldResolutionReceipt {
     pub hold_id: String,
-    pub status: &'static str,
+    pub status: HoldStatus,
     pub cost: Credits,
     pub drawn_from: Vec<Part>,
     pub returned: Vec<Part>,

@@ -24,10 +24,7 @@ pub(super) fn trial_run_events(
         events.push(
             TrialGranted {
                 model: model.id.clone(),
-                kind: match terms {
-                    TrialTerms::Runs(_) => TrialKind::Runs,
-                    TrialTerms::Window(_) => TrialKind::Window,
-                },
+                kind: terms.kind(),
                 runs: match terms {
                     TrialTerms::Runs(runs) => Some(runs),
                     TrialTerms::Window(_) => None,

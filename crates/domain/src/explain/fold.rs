@@ -9,7 +9,7 @@ use crate::credits::Credits;
 use crate::decide::{check_access, decide, Access};
 use crate::events::*;
 use crate::rejection::Rejection;
-use crate::state::{Account, Balance, Core, Totals};
+use crate::state::{Account, Balance, Core, Totals, TrialStatus};
 use crate::time::Instant;
 
 use super::*;
@@ -244,8 +244,8 @@ pub(super) fn model_access(account: &Account, model: &Model, at: Instant) -> Mod
     let trial = core.trials.get(&model.id);
     // A trial the account never touched is still there to be used.
     let trial_status = trial
-        .map(|trial| trial.status(at).as_str())
-        .or_else(|| model.free_trial.map(|_| "unused"));
+        .map(|trial| trial.status(at))
+        .or_else(|| model.free_trial.map(|_| TrialStatus::Unused));
     match check_access(core.plan.tier, trial, model, at) {
         Ok(access) => ModelAccess {
             model: model.id.clone(),
@@ -265,7 +265,7 @@ pub(super) fn model_access(account: &Account, model: &Model, at: Instant) -> Mod
 pub(super) fn blocked(
     model: &Model,
     rejection: &Rejection,
-    trial_status: Option<&'static str>,
+    trial_status: Option<TrialStatus>,
 ) -> ModelAccess {
     ModelAccess {
         model: model.id.clone(),

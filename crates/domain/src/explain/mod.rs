@@ -19,7 +19,7 @@ use crate::catalog::{Catalog, Scope, Tier};
 use crate::credits::Credits;
 use crate::envelope::Envelope;
 use crate::events::*;
-use crate::state::{Account, Totals};
+use crate::state::{Account, Totals, TrialStatus, VerificationStatus};
 use crate::time::Instant;
 
 pub use crate::buckets::BucketName;
@@ -43,7 +43,7 @@ pub struct Explanation<S = Note> {
     pub billing: Option<Billing>,
     pub scope: Option<Scope>,
     /// `none`, `pending`, `approved` or `rejected`; `null` while the account does not exist.
-    pub business_verification: Option<&'static str>,
+    pub business_verification: Option<VerificationStatus>,
     /// Every counted event, in version order.
     pub timeline: Vec<TimelineEntry<S>>,
     /// The buckets as of `at`.
@@ -214,7 +214,7 @@ pub struct ModelAccess {
     pub reason: Option<String>,
     /// The model's trial on this account (`unused`, `active`, `exhausted`, `expired`);
     /// `null` for models without a trial.
-    pub trial_status: Option<&'static str>,
+    pub trial_status: Option<TrialStatus>,
 }
 
 impl<S> Explanation<S> {

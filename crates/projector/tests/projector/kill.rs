@@ -1,11 +1,11 @@
-//! The kill test: a projector process (`ledger-projector`) is killed with SIGKILL at random
+//! The kill test: a projector process (`child::projector_child`) is killed with SIGKILL at random
 //! moments while events keep arriving. After its last restart has caught up, each view file
 //! must be byte-for-byte equal — every row's JSON, version and change position — to a clean
 //! rebuild from zero, and equal to the domain's fold of the same events.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant as Clock, SystemTime, UNIX_EPOCH};
 
@@ -13,21 +13,23 @@ use ledger_projector::{ProjectorConfig, Projectors, ViewName, ViewSelection};
 use ledger_store::EventStore;
 use tokio::sync::watch;
 
+use crate::child::projector_command;
 use crate::support::*;
 
 const KILLS: usize = 12;
 
 fn spawn_projector(store: &Path, data: &Path, batch: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ledger-projector"))
-        .arg("--store")
-        .arg(store)
-        .arg("--data")
-        .arg(data)
-        .args(["--view", "all", "--batch", &batch.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ledger-projector")
+    let (store, data, batch) = (store.to_str(), data.to_str(), batch.to_string());
+    let (Some(store), Some(data)) = (store, data) else {
+        panic!("test paths are UTF-8");
+    };
+    projector_command(&[
+        "--store", store, "--data", data, "--view", "all", "--batch", &batch,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start the projector child")
 }
 
 /// Kills `child` with SIGKILL; fails the test if it had already ended by itself.

@@ -20,9 +20,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ledger_domain::admission::{admit, AccountView as AdmissionView};
+use ledger_domain::admission::admit;
 use ledger_domain::decide::Reply;
 use ledger_domain::events::Via;
+use ledger_domain::state::VerificationStatus;
 use ledger_domain::{Command, Rejection};
 use serde_json::{json, Value};
 
@@ -224,7 +225,9 @@ fn verification_body(id: &str, outcome: &Outcome) -> Value {
     let status = outcome
         .core
         .as_ref()
-        .map_or("none", |core| core.plan.verification.status());
+        .map_or(VerificationStatus::None, |core| {
+            core.plan.verification.status()
+        });
     json!({ "account_id": id, "business_verification": status, "position": outcome.position })
 }
 
@@ -276,7 +279,7 @@ async fn admission(
     JsonBody(body): JsonBody<dto::Admission>,
 ) -> Result<Response, ApiError> {
     app.wait_for_views(params.min_position).await?;
-    let view = app
+    let account = app
         .views
         .account(&id)
         .ok_or_else(|| Rejection::AccountNotFound {
@@ -284,13 +287,6 @@ async fn admission(
         })?;
     let now = app.ledger.now();
     let nodes: Vec<_> = body.nodes.into_iter().map(dto::Node::into_node).collect();
-    let account = AdmissionView {
-        tier: view.plan.tier,
-        scope: view.plan.scope,
-        unlimited: view.plan.unlimited,
-        available: view.balance.available(now),
-        trials: &view.trials.models,
-    };
     match admit(
         &account,
         app.ledger.catalog(),

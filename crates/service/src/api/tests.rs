@@ -21,7 +21,8 @@ use crate::clock::SystemClock;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::tokens::{Role, Tokens};
-use crate::views::{AccountView, ReadModel, ViewStatus};
+use crate::views::{ReadModel, ViewStatus};
+use ledger_domain::state::Core;
 
 /// Views stuck at one position: a wait for anything beyond it times out at once, so the
 /// tests see the 503 without sleeping for the real 2 s.
@@ -32,7 +33,7 @@ struct StuckViews {
 
 #[async_trait]
 impl ReadModel for StuckViews {
-    fn account(&self, _account_id: &str) -> Option<AccountView> {
+    fn account(&self, _account_id: &str) -> Option<Core> {
         None
     }
 

@@ -7,13 +7,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ledger_store::{GlobalPosition, RecordedEvent, StreamVersion};
 use uuid::Uuid;
 
-use crate::follow::{KillOnDrop, PROBE};
+use crate::follow::KillOnDrop;
+use crate::probe::probe_command;
 use crate::support::{open, read_everything, temp_dir};
 
 const KILLS: usize = 24;
@@ -77,15 +78,16 @@ fn acknowledged_appends_survive_sigkill() {
     let started = Instant::now();
 
     for kill in 0..KILLS {
-        let mut child = Command::new(PROBE)
-            .arg("hammer")
-            .arg(&path)
-            .arg(WRITERS)
-            .arg(STREAMS)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the appending child");
+        let mut child = probe_command(&[
+            "hammer",
+            path.to_str().expect("a UTF-8 path"),
+            WRITERS,
+            STREAMS,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the appending child");
         let mut stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let mut child = KillOnDrop(child);

@@ -2,15 +2,14 @@
 //! it catches up on earlier events, then sees each new append shortly after it commits.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ledger_store::{EventStore, ExpectedVersion, RecordedEvent};
 use tokio::sync::mpsc;
 
+use crate::probe::probe_command;
 use crate::support::{append_one, open, stream_name, temp_dir};
-
-pub const PROBE: &str = env!("CARGO_BIN_EXE_ledger-sqlite-probe");
 
 /// Kills the child if the test fails half-way, so no probe outlives it.
 pub struct KillOnDrop(pub Child);
@@ -22,7 +21,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn line_of(event: &RecordedEvent) -> String {
+/// The line the probe prints for an event it followed.
+pub fn line_of(event: &RecordedEvent) -> String {
     format!(
         "event\t{}\t{}\t{}\t{}\t{}\t{}",
         event.position,
@@ -54,21 +54,27 @@ async fn a_second_process_follows_the_file_live() {
         append_one(&store, &stream, ExpectedVersion::from_last_version(version)).await;
     }
 
-    let mut child = Command::new(PROBE)
-        .arg("follow")
-        .arg(&path)
-        .arg("start")
-        .arg((EARLIER + LIVE).to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the follower");
+    let count = (EARLIER + LIVE).to_string();
+    let mut child = probe_command(&[
+        "follow",
+        path.to_str().expect("a UTF-8 path"),
+        "start",
+        &count,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("start the follower");
     let stdout = child.stdout.take().expect("the follower's stdout");
     let mut follower = KillOnDrop(child);
     let (sender, mut lines) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
+            // The test harness shares the probe's stdout; keep only the probe's lines.
+            if !(line == "ready" || line.starts_with("event\t")) {
+                continue;
+            }
             if sender.send(line).is_err() {
                 return;
             }

@@ -7,4 +7,5 @@ mod conformance;
 mod crash;
 mod follow;
 mod format;
+mod probe;
 mod support;

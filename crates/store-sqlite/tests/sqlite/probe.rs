@@ -1,11 +1,13 @@
 //! Test probe: a second OS process on a store file, for the cross-process and crash tests.
+//! The test binary runs itself again as the probe ([`probe_command`]), so no harness binary
+//! lives in the library crate.
 //!
 //! ```text
-//! ledger-sqlite-probe follow PATH AFTER COUNT
+//! probe follow PATH AFTER COUNT
 //!     Follows the file read-only from AFTER (a position, or `start`), printing `ready`, then
 //!     one line per event: event<TAB>position<TAB>stream<TAB>version<TAB>id<TAB>type<TAB>payload
 //!     and exits after COUNT events.
-//! ledger-sqlite-probe hammer PATH WRITERS STREAMS
+//! probe hammer PATH WRITERS STREAMS
 //!     Appends as fast as it can from WRITERS concurrent tasks to STREAMS streams until
 //!     killed, printing after each acknowledged append one line per event:
 //!     ack<TAB>stream<TAB>version<TAB>position<TAB>id<TAB>type<TAB>payload
@@ -16,7 +18,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::Command;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,23 +27,46 @@ use ledger_store::{EventStore, ExpectedVersion, GlobalPosition, NewEvent, StoreE
 use ledger_store_sqlite::SqliteStore;
 use uuid::Uuid;
 
-const USAGE: &str = "usage: ledger-sqlite-probe follow PATH AFTER COUNT\n       \
-                     ledger-sqlite-probe hammer PATH WRITERS STREAMS";
+use crate::follow::line_of;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["follow", path, after, count] => follow(path, after, count).await,
-        ["hammer", path, writers, streams] => hammer(path, writers, streams).await,
-        _ => Err(USAGE.to_owned()),
+const USAGE: &str =
+    "usage: probe follow PATH AFTER COUNT\n       probe hammer PATH WRITERS STREAMS";
+
+/// The environment variable that carries the probe's arguments, one a line; unset, the
+/// probe test does nothing, so a plain `cargo test -- --ignored` passes it.
+pub const PROBE_ARGS: &str = "LEDGER_SQLITE_PROBE_ARGS";
+
+/// A command that runs this test binary as the probe with `args`. Its stdout also carries
+/// the test harness's own lines (`running 1 test`, ...); readers keep only the probe's.
+pub fn probe_command(args: &[&str]) -> Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", "probe::probe", "--ignored", "--nocapture"])
+        .env(PROBE_ARGS, args.join("\n"));
+    command
+}
+
+#[test]
+#[ignore = "runs only as a child process of the follow and crash tests"]
+fn probe() {
+    let Ok(joined) = std::env::var(PROBE_ARGS) else {
+        return;
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("ledger-sqlite-probe: {message}");
-            ExitCode::from(2)
+    let args: Vec<&str> = joined.lines().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the probe's runtime");
+    let result = runtime.block_on(async {
+        match args[..] {
+            ["follow", path, after, count] => follow(path, after, count).await,
+            ["hammer", path, writers, streams] => hammer(path, writers, streams).await,
+            _ => Err(USAGE.to_owned()),
         }
+    });
+    if let Err(message) = result {
+        panic!("probe: {message}");
     }
 }
 
@@ -86,15 +111,7 @@ async fn follow(path: &str, after: &str, count: &str) -> Result<(), String> {
     let _ = out.send("ready\n".to_owned());
     for _ in 0..count {
         let event = subscription.next().await.map_err(|e| e.to_string())?;
-        let _ = out.send(format!(
-            "event\t{}\t{}\t{}\t{}\t{}\t{}\n",
-            event.position,
-            event.stream,
-            event.version,
-            event.event_id,
-            event.event_type,
-            String::from_utf8_lossy(&event.payload)
-        ));
+        let _ = out.send(format!("{}\n", line_of(&event)));
     }
     drop(out);
     printing

@@ -1,16 +1,34 @@
-//! A standalone projector over a SQLite event store file: `ledger project` without the rest
-//! of the CLI. The kill test runs it as a child process and SIGKILLs it at random moments.
-//!
-//! Usage: `ledger-projector --store FILE --data DIR [--view balance|trial-usage|tier|all]
-//! [--batch N]` (`--batch`: most events per batch, live or catching up). Stops cleanly on
-//! SIGTERM or Ctrl-C.
+//! The projector as a child process, for the kill test: the test binary runs itself again
+//! with `--exact child::projector_child --ignored` and the projector's arguments in
+//! [`CHILD_ARGS`] (one a line: `--store FILE --data DIR [--view V] [--batch N]`). It runs
+//! until killed, or stops cleanly on SIGTERM or Ctrl-C. Living in the tests keeps a harness
+//! binary (and its SQLite store) out of the library crate.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::Command;
 use std::sync::Arc;
 
 use ledger_projector::{run, ProjectorConfig, ViewSelection};
 use ledger_store_sqlite::SqliteStore;
+
+/// The environment variable that carries the child's arguments; unset, the child test does
+/// nothing, so a plain `cargo test -- --ignored` passes it.
+pub const CHILD_ARGS: &str = "LEDGER_PROJECTOR_CHILD_ARGS";
+
+/// A command that runs this test binary as a projector with `args`.
+pub fn projector_command(args: &[&str]) -> Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "--exact",
+            "child::projector_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_ARGS, args.join("\n"));
+    command
+}
 
 struct Args {
     store: PathBuf,
@@ -24,7 +42,8 @@ fn parse_args() -> Result<Args, String> {
     let mut data = None;
     let mut view = ViewSelection::All;
     let mut config = ProjectorConfig::default();
-    let mut args = std::env::args().skip(1);
+    let joined = std::env::var(CHILD_ARGS).unwrap_or_default();
+    let mut args = joined.lines().map(str::to_owned);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -78,30 +97,19 @@ async fn project(args: Args) -> Result<(), String> {
     .map_err(|error| error.to_string())
 }
 
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("ledger-projector: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+#[test]
+#[ignore = "runs only as the kill test's child process"]
+fn projector_child() {
+    if std::env::var_os(CHILD_ARGS).is_none() {
+        return;
+    }
+    let args = parse_args().unwrap_or_else(|message| panic!("projector child: {message}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ledger-projector: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(project(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("ledger-projector: {message}");
-            ExitCode::FAILURE
-        }
+        .expect("the projector child's runtime");
+    if let Err(message) = runtime.block_on(project(args)) {
+        panic!("projector child: {message}");
     }
 }
