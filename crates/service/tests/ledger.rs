@@ -167,3 +167,40 @@ async fn a_command_dropped_half_way_never_leaves_the_cache_ahead_of_the_stream()
     }
     assert_eq!(cached, ledger_domain::Account::replay("acct", &events));
 }
+
+/// A lone command decided on its caller's task holds the account; when that caller gives up
+/// half-way, commands that queued meanwhile are still decided (the account is handed to a
+/// driver), never left waiting for a next command that may not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_never_strands_the_commands_queued_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let ledger = Ledger::new(
+        store,
+        Arc::new(catalog_with_free_allowance(1_000)),
+        Arc::new(SystemClock),
+    );
+    ledger
+        .execute("acct", &Command::OpenAccount, "billing")
+        .await
+        .unwrap();
+    for round in 0..200usize {
+        let impatient = {
+            let ledger = ledger.clone();
+            let patience = std::time::Duration::from_micros(20 + (round as u64 * 53) % 500);
+            tokio::spawn(async move {
+                let command = chat(2 * round);
+                let _ = tokio::time::timeout(patience, ledger.execute("acct", &command, "x")).await;
+            })
+        };
+        let patient = chat(2 * round + 1);
+        let waiting = ledger.execute("acct", &patient, "executor");
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert!(
+            answered.is_ok(),
+            "round {round}: a queued command was never decided"
+        );
+        impatient.await.unwrap();
+    }
+}

@@ -404,6 +404,33 @@ fn a_batch_with_a_repeat_a_refusal_and_a_spend_answers_as_one_by_one() {
     assert!(batched[5].contains("replayed=false"), "{}", batched[5]);
 }
 
+#[test]
+fn verification_decisions_in_one_batch_answer_as_one_by_one() {
+    // Two submissions and a rejection decided together share their instant: their events
+    // must still be distinct, or one append would refuse them all.
+    let other = Command::SubmitBusinessVerification(SubmitBusinessVerification {
+        company_name: "Acme Two".into(),
+        country: "DE".into(),
+        registration_number: "HRB 2".into(),
+    });
+    let (sequential, batched) = batched_and_sequential(
+        &[Command::OpenAccount],
+        &[
+            verification(),
+            Command::RejectBusinessVerification {
+                reason: "unreadable scan".into(),
+            },
+            other,
+            charge("c1", run_of("assistant-chat", None, None)),
+        ],
+    );
+    assert_eq!(sequential, batched);
+    assert!(
+        batched.iter().all(|answer| answer.starts_with("ok ")),
+        "{batched:?}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 

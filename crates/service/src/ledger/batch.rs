@@ -111,7 +111,6 @@ impl Ledger {
             let expected = ExpectedVersion::from_last_version(base_version);
             cached.in_flight = true;
             let appended = self.store.append(&stream, expected, events).await;
-            cached.in_flight = false;
             match appended {
                 Ok(appended) => {
                     let positions = match self.positions(&stream, appended, written_commands).await
@@ -125,11 +124,13 @@ impl Ledger {
                     };
                     let mut plans = plans;
                     self.settle(cached, &mut plans, &positions, now);
+                    cached.in_flight = false;
                     return self.answer(cached, pending, plans, now).await;
                 }
                 Err(
                     StoreError::WrongExpectedVersion { .. } | StoreError::EventIdConflict { .. },
                 ) => {
+                    cached.in_flight = false;
                     // Another writer got there first, or already wrote one of these commands
                     // from a staler view: take the batch back out, catch up, decide again.
                     debug!(
@@ -188,7 +189,7 @@ impl Ledger {
                 }
                 Ok(decision) => {
                     let cause = Cause {
-                        command_id: pending.command.command_id(now),
+                        command_id: batch_command_id(&pending.command, now, cached.account.version),
                         actor: pending.actor.clone(),
                     };
                     let sealed = seal(
@@ -326,6 +327,19 @@ impl Ledger {
     }
 }
 
+/// The command id sealed into a batch's events. Commands with a caller id keep theirs, so a
+/// retried command maps to the same event ids. The others are named by their time, which
+/// every command of a batch shares: the version they were decided at keeps two of them in
+/// one batch (a submission, a rejection and a new submission) from sharing event ids.
+fn batch_command_id(command: &Command, now: Instant, version: u64) -> String {
+    let id = command.command_id(now);
+    if command.has_caller_id() || matches!(command, Command::OpenAccount) {
+        id
+    } else {
+        format!("{id}@{version}")
+    }
+}
+
 /// Answers every command with `err` (store failures are retryable with the same ids).
 fn fail_all(pending: Vec<Pending>, err: &CommandError) {
     for pending in pending {
@@ -343,6 +357,9 @@ fn copy_error(err: &CommandError) -> CommandError {
         }
         CommandError::Store(StoreError::Incompatible(message)) => {
             CommandError::Store(StoreError::Incompatible(message.clone()))
+        }
+        CommandError::Store(StoreError::Unavailable(message)) => {
+            CommandError::Store(StoreError::Unavailable(message.clone()))
         }
         CommandError::Store(other) => {
             CommandError::Store(StoreError::Unavailable(other.to_string()))

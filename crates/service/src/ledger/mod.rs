@@ -137,6 +137,28 @@ struct AccountSlot {
 
 type Slot = Arc<AccountSlot>;
 
+/// Holds the account while a lone command is decided on its caller's task. Dropped while
+/// still holding it (the caller went away, or panicked), it hands the account to a driver
+/// so that commands queued meanwhile are decided.
+struct LoneHold {
+    ledger: Ledger,
+    slot: Slot,
+    guard: Option<tokio::sync::OwnedMutexGuard<Cached>>,
+}
+
+impl Drop for LoneHold {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        // Outside a runtime (shutting down) there is nobody left to answer anyway.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.ledger
+                .spawn_driver(self.slot.clone(), guard, Vec::new());
+        }
+    }
+}
+
 /// Numbers the callers of `execute_all`.
 static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -304,29 +326,41 @@ impl Ledger {
     /// takes the account and decides everything queued, a bounded batch at a time, so that
     /// a caller giving up (a dropped request) never stops other callers' batch half-way.
     async fn drive(&self, slot: &Slot, ticket: u64) {
-        let Ok(mut guard) = slot.state.clone().try_lock_owned() else {
+        let Ok(guard) = slot.state.clone().try_lock_owned() else {
             // The holder looks at the queue again after letting go: ours will be seen.
             return;
         };
         let pending = next_batch(slot);
         if pending.len() == 1 && pending[0].ticket == ticket {
             // Cancel-safe on its own: a batch dropped half-way leaves the cache marked, and
-            // the next holder reloads the account from the stream.
-            self.run_batch(&mut guard, pending).await;
-            if lock(&slot.queue).is_empty() {
-                drop(guard);
-                // Someone may have queued between that look and letting go.
-                if lock(&slot.queue).is_empty() {
-                    return;
-                }
-                let Ok(again) = slot.state.clone().try_lock_owned() else {
-                    return;
-                };
-                guard = again;
+            // the next holder reloads the account from the stream; the hold hands the
+            // account to a driver if this caller goes away, so nothing queued is stranded.
+            let mut hold = LoneHold {
+                ledger: self.clone(),
+                slot: slot.clone(),
+                guard: Some(guard),
+            };
+            if let Some(guard) = hold.guard.as_mut() {
+                self.run_batch(guard, pending).await;
             }
-            self.spawn_driver(slot.clone(), guard, Vec::new());
+            let Some(guard) = hold.guard.take() else {
+                return;
+            };
+            drop(guard);
+            // Someone may have queued while this command was decided.
+            self.kick(slot);
         } else {
             self.spawn_driver(slot.clone(), guard, pending);
+        }
+    }
+
+    /// Starts a driver if commands are queued and nobody holds the account.
+    fn kick(&self, slot: &Slot) {
+        if lock(&slot.queue).is_empty() {
+            return;
+        }
+        if let Ok(guard) = slot.state.clone().try_lock_owned() {
+            self.spawn_driver(slot.clone(), guard, Vec::new());
         }
     }
 
@@ -440,9 +474,18 @@ impl Ledger {
     /// The account as the command side knows it, after catching up with the stream.
     pub async fn load(&self, account_id: &str) -> Result<(Account, Option<u64>), CommandError> {
         let slot = self.slot(account_id);
-        let mut cached = slot.state.lock().await;
-        self.catch_up(&mut cached).await?;
-        Ok((cached.account.clone(), cached.last_position()))
+        let loaded = {
+            let mut cached = slot.state.lock().await;
+            if cached.in_flight {
+                *cached = Cached::new(account_id);
+            }
+            self.catch_up(&mut cached)
+                .await
+                .map(|_| (cached.account.clone(), cached.last_position()))
+        };
+        // Commands queued while the account was held here found it taken.
+        self.kick(&slot);
+        loaded
     }
 }
 
