@@ -25,7 +25,6 @@
 //! report `$all` positions on stream reads). With authentication on, the connection string
 //! needs a user allowed to read `$all` (`esdb://admin:changeit@host:2113`).
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -357,25 +356,7 @@ fn check_ledger_stream(stream: &str) -> Result<(), StoreError> {
 /// A batch holds at least one event, each with a type, and no event id twice (the server
 /// would store both copies, and a retry could then never match the stored batch).
 fn check_batch(stream: &str, events: &[NewEvent]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "append to {stream}: a batch needs at least one event"
-        )));
-    }
-    if let Some(untyped) = events.iter().find(|event| event.event_type.is_empty()) {
-        return Err(StoreError::Invalid(format!(
-            "append to {stream}: event {} has an empty event type",
-            untyped.event_id
-        )));
-    }
-    let mut ids = HashSet::with_capacity(events.len());
-    if let Some(duplicate) = events.iter().find(|event| !ids.insert(event.event_id)) {
-        return Err(StoreError::Invalid(format!(
-            "append to {stream}: event id {} appears twice in one batch",
-            duplicate.event_id
-        )));
-    }
-    Ok(())
+    ledger_store::validate::batch(stream, events)
 }
 
 /// The event as sent to the server: our deterministic id, our type, the payload bytes as

@@ -1,34 +1,15 @@
 //! Request validation, done on the caller's task so that malformed requests never reach the
-//! writer thread. The rules are the conformance suite's (shared with EventStoreDB).
+//! writer thread: the store contract's rules (`ledger_store::validate`), with SQLite's
+//! largest version.
 
-use std::collections::HashSet;
-
-use ledger_store::{ExpectedVersion, NewEvent, StoreError};
+use ledger_store::{validate, ExpectedVersion, NewEvent, StoreError};
 
 /// Versions are stored as SQLite integers (i64); nothing beyond that can be stored or matched.
 const MAX_VERSION: u64 = i64::MAX as u64;
 
-/// Checks a stream name an append or read names.
-fn stream(stream: &str) -> Result<(), StoreError> {
-    if stream.is_empty() {
-        return Err(StoreError::Invalid("the stream name is empty".into()));
-    }
-    if stream.starts_with('$') {
-        return Err(StoreError::Invalid(format!(
-            "stream name {stream:?} starts with `$`, which is reserved for system streams"
-        )));
-    }
-    if stream.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(format!(
-            "stream name {stream:?} contains a control character"
-        )));
-    }
-    Ok(())
-}
-
 /// Checks a stream name given to `read_stream`.
 pub(crate) fn stream_to_read(name: &str) -> Result<(), StoreError> {
-    stream(name)
+    validate::stream_name(name)
 }
 
 /// Checks an append request.
@@ -37,37 +18,5 @@ pub(crate) fn append(
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    stream(name)?;
-    if events.is_empty() {
-        return Err(StoreError::Invalid(format!(
-            "append to {name} has no events"
-        )));
-    }
-    let count = events.len() as u64;
-    if expected.last_version() > MAX_VERSION - count {
-        return Err(StoreError::Invalid(format!(
-            "append to {name} at {expected} would pass the largest version"
-        )));
-    }
-    for event in events {
-        if event.event_type.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "event {} has an empty event type",
-                event.event_id
-            )));
-        }
-    }
-    // Most appends carry one event; only batches need the duplicate check.
-    if events.len() > 1 {
-        let mut seen = HashSet::with_capacity(events.len());
-        for event in events {
-            if !seen.insert(event.event_id) {
-                return Err(StoreError::Invalid(format!(
-                    "event id {} appears twice in one append",
-                    event.event_id
-                )));
-            }
-        }
-    }
-    Ok(())
+    validate::append(name, expected, events, MAX_VERSION)
 }

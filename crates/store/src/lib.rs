@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod conformance;
+pub mod validate;
 
 /// Version of the last event in a stream. The first event of a stream has version 1.
 pub type StreamVersion = u64;
