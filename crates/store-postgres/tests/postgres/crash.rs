@@ -7,15 +7,14 @@
 //! The child is this test binary itself, re-executed to run only [`child_appender`], which
 //! is `#[ignore]`d and does nothing unless [`CHILD_ENV`] names the database and schema.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger_store::{
-    EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, StoreError, StreamVersion,
-};
+use ledger_store::conformance::crash::{self, Ack, Positions, XorShift};
+use ledger_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError};
 use ledger_store_postgres::PostgresStore;
 use uuid::Uuid;
 
@@ -26,46 +25,6 @@ const CHILD_ENV: &str = "LEDGER_PG_CRASH_CHILD";
 const KILLS: usize = 16;
 const WRITERS: usize = 32;
 const STREAMS: usize = 12;
-
-/// One event the child reported as acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ack {
-    stream: String,
-    version: StreamVersion,
-    /// Only the last event of an append has its position acknowledged.
-    position: Option<GlobalPosition>,
-    event_id: Uuid,
-    event_type: String,
-    payload: String,
-}
-
-fn parse_ack(line: &str) -> Ack {
-    let fields: Vec<&str> = line.splitn(7, '\t').collect();
-    let [_, stream, version, position, event_id, event_type, payload] = fields[..] else {
-        panic!("malformed line from the child: {line:?}");
-    };
-    Ack {
-        stream: stream.to_owned(),
-        version: version.parse().unwrap(),
-        position: (position != "-").then(|| position.parse().unwrap()),
-        event_id: event_id.parse().unwrap(),
-        event_type: event_type.to_owned(),
-        payload: payload.to_owned(),
-    }
-}
-
-/// A small xorshift generator seeded from a random UUID: random kill moments without a
-/// dependency, and the seed printed so that a failure can be looked at again.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Kills the child if the test fails half-way, so no appender outlives it.
 struct KillOnDrop(Child);
@@ -90,7 +49,7 @@ fn acknowledged_appends_survive_sigkill() {
     let schema = TestSchema::new(&url);
     let seed = (Uuid::new_v4().as_u128() as u64) | 1;
     eprintln!("crash test seed {seed:#x}, schema {}", schema.name);
-    let mut random = Random(seed);
+    let mut random = XorShift(seed);
     let mut acked: HashMap<Uuid, Ack> = HashMap::new();
     let mut survived: Vec<RecordedEvent> = Vec::new();
     let me = std::env::current_exe().expect("the test binary's path");
@@ -135,7 +94,7 @@ fn acknowledged_appends_survive_sigkill() {
 
         // Killed a random while after its store is open and the writers have started.
         let started = ready.recv_timeout(Duration::from_secs(60)).is_ok();
-        let delay = Duration::from_millis(20 + random.next() % 281);
+        let delay = Duration::from_millis(20 + random.next_u64() % 281);
         if started {
             std::thread::sleep(delay);
         }
@@ -163,7 +122,7 @@ fn acknowledged_appends_survive_sigkill() {
                 "kill {kill}: {line}\nstderr: {err}"
             );
             if line.starts_with("ack\t") {
-                let ack = parse_ack(line.trim_end_matches('\n'));
+                let ack = Ack::parse(line.trim_end_matches('\n'));
                 if let Some(earlier) = acked.insert(ack.event_id, ack.clone()) {
                     assert_eq!(earlier, ack, "one event id acknowledged twice differently");
                 }
@@ -199,31 +158,6 @@ async fn check_after_kill(
     let context = format!("after kill {kill} (at {delay:?})");
     let store = schema.open().await;
     let all = read_everything(&store).await;
-    assert!(
-        all.len() >= survived.len() && all[..survived.len()] == survived[..],
-        "{context}: events committed before an earlier kill changed or vanished"
-    );
-    let mut versions: HashMap<&str, StreamVersion> = HashMap::new();
-    let mut ids = HashSet::new();
-    for (n, event) in all.iter().enumerate() {
-        assert_eq!(
-            event.position,
-            n as u64 + 1,
-            "{context}: positions have a gap or repeat"
-        );
-        let version = versions.entry(event.stream.as_str()).or_insert(0);
-        *version += 1;
-        assert_eq!(
-            event.version, *version,
-            "{context}: {} has version {} where {} was due",
-            event.stream, event.version, *version
-        );
-        assert!(
-            ids.insert(event.event_id),
-            "{context}: event id {} stored twice",
-            event.event_id
-        );
-    }
     // At or past the last event read: the dead child's last COMMIT may still be landing
     // (the server finishes a pipelined COMMIT it has already received).
     let head = store.head_position().await.unwrap();
@@ -232,37 +166,8 @@ async fn check_after_kill(
         "{context}: the head {head:?} is before the last event read"
     );
 
-    let by_id: HashMap<Uuid, &RecordedEvent> = all.iter().map(|e| (e.event_id, e)).collect();
-    for ack in acked.values() {
-        let Some(stored) = by_id.get(&ack.event_id) else {
-            panic!("{context}: acknowledged event {ack:?} is missing");
-        };
-        assert_eq!(
-            (
-                stored.stream.as_str(),
-                stored.version,
-                stored.event_type.as_str(),
-                stored.payload.as_slice()
-            ),
-            (
-                ack.stream.as_str(),
-                ack.version,
-                ack.event_type.as_str(),
-                ack.payload.as_bytes()
-            ),
-            "{context}: acknowledged event {} changed",
-            ack.event_id
-        );
-        if let Some(position) = ack.position {
-            assert_eq!(
-                stored.position, position,
-                "{context}: {} moved",
-                ack.event_id
-            );
-        }
-    }
+    crash::check_after_kill(&context, all, Positions::Contiguous, acked, survived);
     store.close().await.expect("close after checking");
-    *survived = all;
 }
 
 /// The child: appends until killed. Does nothing unless run by the test above.

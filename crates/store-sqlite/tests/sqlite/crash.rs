@@ -4,13 +4,14 @@
 //! that every acknowledged event is there unchanged, streams have no gaps or duplicates, and
 //! nothing committed earlier ever disappears.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ledger_store::{GlobalPosition, RecordedEvent, StreamVersion};
+use ledger_store::conformance::crash::{check_after_kill, Ack, Positions, XorShift};
+use ledger_store::RecordedEvent;
 use uuid::Uuid;
 
 use crate::follow::KillOnDrop;
@@ -20,46 +21,6 @@ use crate::support::{open, read_everything, temp_dir};
 const KILLS: usize = 24;
 const WRITERS: &str = "32";
 const STREAMS: &str = "12";
-
-/// One event the child reported as acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ack {
-    stream: String,
-    version: StreamVersion,
-    /// Only the last event of an append has its position acknowledged.
-    position: Option<GlobalPosition>,
-    event_id: Uuid,
-    event_type: String,
-    payload: String,
-}
-
-fn parse_ack(line: &str) -> Ack {
-    let fields: Vec<&str> = line.splitn(7, '\t').collect();
-    let [_, stream, version, position, event_id, event_type, payload] = fields[..] else {
-        panic!("malformed line from the child: {line:?}");
-    };
-    Ack {
-        stream: stream.to_owned(),
-        version: version.parse().unwrap(),
-        position: (position != "-").then(|| position.parse().unwrap()),
-        event_id: event_id.parse().unwrap(),
-        event_type: event_type.to_owned(),
-        payload: payload.to_owned(),
-    }
-}
-
-/// A small xorshift generator seeded from a random UUID: random kill moments without a
-/// dependency, and the seed printed so that a failure can be looked at again.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn acknowledged_appends_survive_sigkill() {
@@ -72,7 +33,7 @@ fn acknowledged_appends_survive_sigkill() {
         .unwrap();
     let seed = (Uuid::new_v4().as_u128() as u64) | 1;
     eprintln!("crash test seed {seed:#x}");
-    let mut random = Random(seed);
+    let mut random = XorShift(seed);
     let mut acked: HashMap<Uuid, Ack> = HashMap::new();
     let mut survived: Vec<RecordedEvent> = Vec::new();
     let started = Instant::now();
@@ -100,7 +61,7 @@ fn acknowledged_appends_survive_sigkill() {
             stderr.read_to_string(&mut err).map(|_| err)
         });
 
-        let delay = Duration::from_millis(20 + random.next() % 281);
+        let delay = Duration::from_millis(20 + random.next_u64() % 281);
         std::thread::sleep(delay);
         child.0.kill().expect("SIGKILL the child");
         let status = child.0.wait().unwrap();
@@ -128,7 +89,7 @@ fn acknowledged_appends_survive_sigkill() {
                 "kill {kill}: {line}\nstderr: {err}"
             );
             if line.starts_with("ack\t") {
-                let ack = parse_ack(line);
+                let ack = Ack::parse(line);
                 if let Some(earlier) = acked.insert(ack.event_id, ack.clone()) {
                     assert_eq!(earlier, ack, "one event id acknowledged twice differently");
                 }
@@ -166,64 +127,6 @@ async fn check_after_restart(
     let context = format!("after kill {kill} (at {delay:?})");
     let store = open(path);
     let all = read_everything(&store).await;
-
-    assert!(
-        all.len() >= survived.len() && all[..survived.len()] == survived[..],
-        "{context}: events committed before an earlier kill changed or vanished"
-    );
-    let mut last_position = 0;
-    let mut versions: HashMap<&str, StreamVersion> = HashMap::new();
-    let mut ids = HashSet::new();
-    for event in &all {
-        assert!(
-            event.position > last_position,
-            "{context}: position {} after {last_position}",
-            event.position
-        );
-        last_position = event.position;
-        let version = versions.entry(event.stream.as_str()).or_insert(0);
-        *version += 1;
-        assert_eq!(
-            event.version, *version,
-            "{context}: {} has version {} where {} was due",
-            event.stream, event.version, *version
-        );
-        assert!(
-            ids.insert(event.event_id),
-            "{context}: event id {} stored twice",
-            event.event_id
-        );
-    }
-
-    let by_id: HashMap<Uuid, &RecordedEvent> = all.iter().map(|e| (e.event_id, e)).collect();
-    for ack in acked.values() {
-        let Some(stored) = by_id.get(&ack.event_id) else {
-            panic!("{context}: acknowledged event {ack:?} is missing");
-        };
-        assert_eq!(
-            (
-                stored.stream.as_str(),
-                stored.version,
-                stored.event_type.as_str(),
-                stored.payload.as_slice()
-            ),
-            (
-                ack.stream.as_str(),
-                ack.version,
-                ack.event_type.as_str(),
-                ack.payload.as_bytes()
-            ),
-            "{context}: acknowledged event {} changed",
-            ack.event_id
-        );
-        if let Some(position) = ack.position {
-            assert_eq!(
-                stored.position, position,
-                "{context}: {} moved",
-                ack.event_id
-            );
-        }
-    }
+    check_after_kill(&context, all, Positions::Increasing, acked, survived);
     store.close().await.expect("close after checking");
-    *survived = all;
 }

@@ -52,6 +52,7 @@
 //! share.
 
 mod appends;
+pub mod crash;
 mod reads;
 mod subscriptions;
 mod support;
