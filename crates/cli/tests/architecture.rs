@@ -56,12 +56,31 @@ struct Workspace {
     members: Vec<String>,
 }
 
+/// The platform this test was built for, as rustc names it.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .trim()
+        .to_string()
+}
+
 impl Workspace {
     fn load() -> Workspace {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // Offline, a fresh machine has only the crates this platform builds: without the
+        // filter, cargo wants the manifests of every platform's dependencies (android, wasm)
+        // and fails. This platform's tree is also the one the rules are about.
         let output = Command::new(cargo)
             .args(["metadata", "--format-version", "1", "--offline"])
+            .args(["--filter-platform", &host_triple()])
             .arg("--manifest-path")
             .arg(&manifest)
             .output()
