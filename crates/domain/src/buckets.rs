@@ -4,9 +4,10 @@
 //! expires when, sums and the "live at T" filter. `decide`, `evolve`, explain, the views and
 //! the service's summary all call these methods rather than walk the buckets themselves.
 //!
-//! Adding a bucket kind means a variant of [`BucketKind`] (events.rs, it is recorded in
-//! parts), its storage in [`Balance`], and the two matches here that map a kind to its
-//! storage ([`Balance::buckets`], [`Balance::bucket_mut`]).
+//! [`Balance`] keeps every bucket in one ordered collection, whatever its kind, so the rules
+//! above never ask which kind they hold. Adding a kind means a variant of [`BucketKind`]
+//! (events.rs, it is recorded in parts), the `apply` arms of the events that fill and expire
+//! it, and its line in [`Bucket::expired`] and [`BucketName::of`].
 
 use std::collections::BTreeMap;
 
@@ -20,33 +21,68 @@ use crate::time::{rfc3339, Instant};
 /// bucket: nothing is drawn, and sums leave it out.
 pub const UNLIMITED_ID: &str = "unlimited";
 
-/// The allowance bucket of the current period.
+/// One bucket: credits that sit together until spent, expired or replaced. The allowance of
+/// the current period, a top-up lot and a grant are all buckets; only their kind, expiry and
+/// origin tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllowanceBucket {
-    /// The bucket's id in parts: the period start, RFC 3339.
+pub struct Bucket {
+    pub kind: BucketKind,
+    /// The id parts name it by: the allowance's period start (RFC 3339), a top-up's
+    /// `purchase_id`, a grant's `grant_id`.
     pub id: String,
-    pub period_start: Instant,
-    pub period_end: Instant,
-    pub amount: Credits,
-    pub remaining: Credits,
-    /// The stream version of the event that set this bucket. A period may start at the same
-    /// instant as the one it replaces, so the id alone cannot tell a reset bucket apart.
-    pub since_version: u64,
-}
-
-/// A top-up lot or a grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lot {
-    pub id: String,
+    /// What it held when it was filled.
     pub credits: Credits,
     pub remaining: Credits,
-    /// `None`: never expires (grants only).
+    /// `None`: never expires. The allowance expires at its period's end.
     pub expires_at: Option<Instant>,
+    pub origin: Origin,
 }
 
-impl Lot {
+/// Where a bucket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The stream version of the event that filled the bucket. A period may start at the
+    /// same instant as the one it replaces, so the id alone cannot tell a reset allowance
+    /// from the one before it.
+    pub version: u64,
+    /// When the bucket began to count: the allowance's period start. Lots count from the
+    /// event that created them and carry `None`.
+    pub starts_at: Option<Instant>,
+}
+
+impl Bucket {
+    /// Whether the bucket can pay at `at`: before its expiry, recorded or not.
     pub fn is_live(&self, at: Instant) -> bool {
         self.expires_at.is_none_or(|expires_at| at < expires_at)
+    }
+
+    /// The event that records this bucket's expiry at `at`, forfeiting what is left. The
+    /// allowance has none: a refresh or renewal replaces it.
+    pub fn expired(&self, at: Instant) -> Option<Event> {
+        match self.kind {
+            BucketKind::TopUp => Some(
+                TopUpExpired {
+                    purchase_id: self.id.clone(),
+                    expired_at: at,
+                    forfeited: self.remaining,
+                }
+                .into(),
+            ),
+            BucketKind::Grant => Some(
+                GrantExpired {
+                    grant_id: self.id.clone(),
+                    expired_at: at,
+                    forfeited: self.remaining,
+                }
+                .into(),
+            ),
+            BucketKind::Allowance | BucketKind::Unlimited => None,
+        }
+    }
+
+    /// The period a bucket covers, start and end, if it has one: the allowance does.
+    pub fn period(&self) -> Option<(Instant, Instant)> {
+        Some((self.origin.starts_at?, self.expires_at?))
     }
 }
 
@@ -87,36 +123,15 @@ impl Totals {
     }
 }
 
-/// Where an account's credits sit: the allowance, top-up lots, grants and open holds, with
-/// running totals. The balance view holds exactly this.
+/// Where an account's credits sit: its buckets and open holds, with running totals. The
+/// balance view holds exactly this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Balance {
-    pub allowance: Option<AllowanceBucket>,
-    /// Lots not yet recorded as expired, oldest first.
-    pub top_ups: Vec<Lot>,
-    pub grants: Vec<Lot>,
+    /// Every bucket not yet recorded as expired, in the tie order of burning: by kind
+    /// (allowance, grants, top-ups), then oldest first. At most one allowance.
+    pub buckets: Vec<Bucket>,
     pub open_holds: BTreeMap<String, Hold>,
     pub totals: Totals,
-}
-
-/// One bucket as the rules see it, whatever its kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketRef<'a> {
-    pub kind: BucketKind,
-    pub id: &'a str,
-    pub remaining: Credits,
-    /// `None`: never expires. The allowance expires at its period's end.
-    pub expires_at: Option<Instant>,
-    /// Tells a reset allowance from the one it replaced: the version of the event that set
-    /// it. Lots are never reset, so theirs is 0.
-    pub generation: u64,
-}
-
-impl BucketRef<'_> {
-    /// Whether the bucket can pay at `at`: before its expiry, recorded or not.
-    pub fn is_live(&self, at: Instant) -> bool {
-        self.expires_at.is_none_or(|expires_at| at < expires_at)
-    }
 }
 
 /// The buckets a change can touch, as explain names them. Held credits are a bucket of their
@@ -210,82 +225,54 @@ fn grow(total: &mut Credits, amount: Credits) {
     *total = total.saturating_add(amount);
 }
 
-fn lot_refs(kind: BucketKind, lots: &[Lot]) -> impl Iterator<Item = BucketRef<'_>> {
-    lots.iter().map(move |lot| BucketRef {
-        kind,
-        id: &lot.id,
-        remaining: lot.remaining,
-        expires_at: lot.expires_at,
-        generation: 0,
-    })
-}
-
 impl Balance {
     /// The buckets of a newly opened account: its first allowance.
     pub fn opened(data: &AccountOpened) -> Balance {
-        Balance {
-            allowance: Some(AllowanceBucket {
-                id: allowance_id(data.period_start),
-                period_start: data.period_start,
-                period_end: data.period_end,
-                amount: data.allowance,
-                remaining: data.allowance,
-                since_version: 1,
-            }),
-            top_ups: Vec::new(),
-            grants: Vec::new(),
+        let mut balance = Balance {
+            buckets: Vec::new(),
             open_holds: BTreeMap::new(),
-            totals: Totals {
-                granted: data.allowance,
-                ..Totals::default()
-            },
-        }
-    }
-
-    /// Every bucket, live or not yet recorded as expired: the allowance, then grants, then
-    /// top-ups, each kind oldest first (the tie order of burning).
-    pub fn buckets(&self) -> impl Iterator<Item = BucketRef<'_>> {
-        let allowance = self.allowance.as_ref().map(|bucket| BucketRef {
-            kind: BucketKind::Allowance,
-            id: &bucket.id,
-            remaining: bucket.remaining,
-            expires_at: Some(bucket.period_end),
-            generation: bucket.since_version,
-        });
-        allowance
-            .into_iter()
-            .chain(lot_refs(BucketKind::Grant, &self.grants))
-            .chain(lot_refs(BucketKind::TopUp, &self.top_ups))
-    }
-
-    /// The allowance, if it can still pay at `at`.
-    pub fn live_allowance(&self, at: Instant) -> Option<&AllowanceBucket> {
-        self.allowance
-            .as_ref()
-            .filter(|bucket| at < bucket.period_end)
-    }
-
-    /// The lots of one kind (top-ups or grants) that can still pay at `at`, oldest first.
-    pub fn live_lots(&self, kind: BucketKind, at: Instant) -> impl Iterator<Item = &Lot> {
-        let lots: &[Lot] = match kind {
-            BucketKind::TopUp => &self.top_ups,
-            BucketKind::Grant => &self.grants,
-            BucketKind::Allowance | BucketKind::Unlimited => &[],
+            totals: Totals::default(),
         };
-        lots.iter().filter(move |lot| lot.is_live(at))
+        balance.set_allowance(
+            data.period_start,
+            data.period_end,
+            Some(data.allowance),
+            Credits::ZERO,
+            1,
+        );
+        balance
+    }
+
+    /// The allowance of the current period, live or not.
+    pub fn allowance(&self) -> Option<&Bucket> {
+        self.buckets
+            .iter()
+            .find(|bucket| bucket.kind == BucketKind::Allowance)
+    }
+
+    /// The buckets of one kind that can still pay at `at`, oldest first.
+    pub fn live(&self, kind: BucketKind, at: Instant) -> impl Iterator<Item = &Bucket> {
+        self.buckets
+            .iter()
+            .filter(move |bucket| bucket.kind == kind && bucket.is_live(at))
+    }
+
+    /// The buckets of one kind, live or not yet recorded as expired, oldest first.
+    pub fn of_kind(&self, kind: BucketKind) -> impl Iterator<Item = &Bucket> {
+        self.buckets
+            .iter()
+            .filter(move |bucket| bucket.kind == kind)
     }
 
     /// What the buckets of one kind hold and could pay at `at`.
     pub fn live_remaining(&self, kind: BucketKind, at: Instant) -> Credits {
-        self.buckets()
-            .filter(|bucket| bucket.kind == kind && bucket.is_live(at))
-            .map(|bucket| bucket.remaining)
-            .sum()
+        self.live(kind, at).map(|bucket| bucket.remaining).sum()
     }
 
     /// Credits that can pay for something at `at`: every live bucket's remainder.
     pub fn available(&self, at: Instant) -> Credits {
-        self.buckets()
+        self.buckets
+            .iter()
             .filter(|bucket| bucket.is_live(at))
             .map(|bucket| bucket.remaining)
             .sum()
@@ -298,8 +285,10 @@ impl Balance {
 
     /// Credits in every bucket, live or not yet recorded as expired, plus held credits.
     pub fn total_in_buckets(&self) -> Credits {
-        let buckets: Credits = self.buckets().map(|bucket| bucket.remaining).sum();
-        buckets.saturating_add(self.held())
+        let buckets: Credits = self.buckets.iter().map(|bucket| bucket.remaining).sum();
+        let total = buckets.checked_add(self.held());
+        debug_assert!(total.is_some(), "credits overflow: {buckets} + held");
+        total.unwrap_or(Credits::new(u64::MAX))
     }
 
     /// The identity every fold keeps: buckets plus held credits equal
@@ -310,33 +299,26 @@ impl Balance {
     }
 
     /// Picks the parts that pay `cost` at `now`, in burn order: soonest expiry first; ties go
-    /// allowance, then grants, then top-ups, then older first. Holds earmark the same parts.
-    /// `Err` carries what is available.
+    /// in the collection's order (allowance, then grants, then top-ups, then older first).
+    /// Holds earmark the same parts. `Err` carries what is available.
     pub fn draw(&self, cost: Credits, now: Instant) -> Result<Vec<Part>, Credits> {
         if cost.is_zero() {
             return Ok(Vec::new());
         }
-        let mut candidates: Vec<(usize, BucketRef<'_>)> = self
-            .buckets()
-            .enumerate()
-            .filter(|(_, bucket)| bucket.is_live(now) && !bucket.remaining.is_zero())
+        let mut candidates: Vec<&Bucket> = self
+            .buckets
+            .iter()
+            .filter(|bucket| bucket.is_live(now) && !bucket.remaining.is_zero())
             .collect();
-        candidates.sort_unstable_by_key(|(index, bucket)| {
-            (
-                bucket
-                    .expires_at
-                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
-                bucket.kind,
-                *index,
-            )
-        });
+        // Stable: equal expiries keep the collection's tie order.
+        candidates.sort_by_key(|bucket| bucket.expires_at.unwrap_or(Instant::MAX_UTC));
         let mut due = cost;
         let mut parts = Vec::with_capacity(candidates.len().min(4));
-        for (_, bucket) in candidates {
+        for bucket in candidates {
             let amount = due.min(bucket.remaining);
             parts.push(Part {
                 bucket: bucket.kind,
-                id: bucket.id.to_string(),
+                id: bucket.id.clone(),
                 amount,
             });
             due = due.checked_sub(amount).unwrap_or(Credits::ZERO);
@@ -362,11 +344,8 @@ impl Balance {
             if part.bucket == BucketKind::Unlimited {
                 continue;
             }
-            let live = self.buckets().any(|bucket| {
-                bucket.kind == part.bucket
-                    && bucket.id == part.id
-                    && bucket.is_live(at)
-                    && bucket.generation < taken_at_version
+            let live = self.find(part.bucket, &part.id).is_some_and(|bucket| {
+                bucket.is_live(at) && bucket.origin.version < taken_at_version
             });
             if live {
                 returned.push(part.clone());
@@ -377,34 +356,26 @@ impl Balance {
         (returned, forfeited)
     }
 
-    /// Lots with an expiry, and when and of which kind: top-ups, then grants.
-    pub fn lot_expiries(&self) -> impl Iterator<Item = (Instant, BucketKind, &Lot)> {
-        let top_ups = self.top_ups.iter().map(|lot| (BucketKind::TopUp, lot));
-        let grants = self.grants.iter().map(|lot| (BucketKind::Grant, lot));
-        top_ups
-            .chain(grants)
-            .filter_map(|(kind, lot)| lot.expires_at.map(|at| (at, kind, lot)))
+    /// Buckets whose expiry is recorded by an event of their own, with when: lots. The
+    /// allowance is replaced by a refresh or renewal instead.
+    pub fn lot_expiries(&self) -> impl Iterator<Item = (Instant, &Bucket)> {
+        self.buckets
+            .iter()
+            .filter(|bucket| bucket.kind != BucketKind::Allowance)
+            .filter_map(|bucket| bucket.expires_at.map(|at| (at, bucket)))
+    }
+
+    fn find(&self, kind: BucketKind, id: &str) -> Option<&Bucket> {
+        self.buckets
+            .iter()
+            .find(|bucket| bucket.kind == kind && bucket.id == id)
     }
 
     fn bucket_mut(&mut self, kind: BucketKind, id: &str) -> Option<&mut Credits> {
-        match kind {
-            BucketKind::Allowance => self
-                .allowance
-                .as_mut()
-                .filter(|bucket| bucket.id == id)
-                .map(|bucket| &mut bucket.remaining),
-            BucketKind::TopUp => self
-                .top_ups
-                .iter_mut()
-                .find(|lot| lot.id == id)
-                .map(|lot| &mut lot.remaining),
-            BucketKind::Grant => self
-                .grants
-                .iter_mut()
-                .find(|lot| lot.id == id)
-                .map(|lot| &mut lot.remaining),
-            BucketKind::Unlimited => None,
-        }
+        self.buckets
+            .iter_mut()
+            .find(|bucket| bucket.kind == kind && bucket.id == id)
+            .map(|bucket| &mut bucket.remaining)
     }
 
     fn take(&mut self, parts: &[Part]) {
@@ -441,6 +412,16 @@ impl Balance {
         grow(&mut self.totals.forfeited, sum(parts));
     }
 
+    /// Adds a bucket in its place in the tie order: after every bucket of its kind or an
+    /// earlier one.
+    fn fill(&mut self, bucket: Bucket) {
+        grow(&mut self.totals.granted, bucket.credits);
+        let at = self
+            .buckets
+            .partition_point(|other| other.kind <= bucket.kind);
+        self.buckets.insert(at, bucket);
+    }
+
     fn set_allowance(
         &mut self,
         start: Instant,
@@ -450,37 +431,47 @@ impl Balance {
         version: u64,
     ) {
         grow(&mut self.totals.forfeited, forfeited);
-        self.allowance = allowance.map(|amount| {
-            grow(&mut self.totals.granted, amount);
-            AllowanceBucket {
+        self.buckets
+            .retain(|bucket| bucket.kind != BucketKind::Allowance);
+        if let Some(amount) = allowance {
+            self.fill(Bucket {
+                kind: BucketKind::Allowance,
                 id: allowance_id(start),
-                period_start: start,
-                period_end: end,
-                amount,
+                credits: amount,
                 remaining: amount,
-                since_version: version,
-            }
-        });
-    }
-
-    /// The lots of a lot kind. Only `apply` calls it, with the kind its event creates.
-    fn lots_mut(&mut self, kind: BucketKind) -> &mut Vec<Lot> {
-        match kind {
-            BucketKind::TopUp => &mut self.top_ups,
-            BucketKind::Grant => &mut self.grants,
-            BucketKind::Allowance | BucketKind::Unlimited => {
-                unreachable!("{kind:?} is not a lot")
-            }
+                expires_at: Some(end),
+                origin: Origin {
+                    version,
+                    starts_at: Some(start),
+                },
+            });
         }
     }
 
-    fn add_lot(&mut self, kind: BucketKind, lot: Lot) {
-        grow(&mut self.totals.granted, lot.credits);
-        self.lots_mut(kind).push(lot);
+    fn add_lot(
+        &mut self,
+        kind: BucketKind,
+        id: &str,
+        credits: Credits,
+        expires_at: Option<Instant>,
+        version: u64,
+    ) {
+        self.fill(Bucket {
+            kind,
+            id: id.to_string(),
+            credits,
+            remaining: credits,
+            expires_at,
+            origin: Origin {
+                version,
+                starts_at: None,
+            },
+        });
     }
 
-    fn expire_lot(&mut self, kind: BucketKind, id: &str, forfeited: Credits) {
-        self.lots_mut(kind).retain(|lot| lot.id != id);
+    fn expire(&mut self, kind: BucketKind, id: &str, forfeited: Credits) {
+        self.buckets
+            .retain(|bucket| !(bucket.kind == kind && bucket.id == id));
         grow(&mut self.totals.forfeited, forfeited);
     }
 
@@ -504,27 +495,23 @@ impl Balance {
             ),
             Event::TopUpPurchased(data) => self.add_lot(
                 BucketKind::TopUp,
-                Lot {
-                    id: data.purchase_id.clone(),
-                    credits: data.credits,
-                    remaining: data.credits,
-                    expires_at: Some(data.expires_at),
-                },
+                &data.purchase_id,
+                data.credits,
+                Some(data.expires_at),
+                version,
             ),
             Event::TopUpExpired(data) => {
-                self.expire_lot(BucketKind::TopUp, &data.purchase_id, data.forfeited)
+                self.expire(BucketKind::TopUp, &data.purchase_id, data.forfeited)
             }
             Event::GrantAdded(data) => self.add_lot(
                 BucketKind::Grant,
-                Lot {
-                    id: data.grant_id.clone(),
-                    credits: data.credits,
-                    remaining: data.credits,
-                    expires_at: data.expires_at,
-                },
+                &data.grant_id,
+                data.credits,
+                data.expires_at,
+                version,
             ),
             Event::GrantExpired(data) => {
-                self.expire_lot(BucketKind::Grant, &data.grant_id, data.forfeited)
+                self.expire(BucketKind::Grant, &data.grant_id, data.forfeited)
             }
             Event::CreditsCharged(data) => {
                 self.take(&data.drawn_from);

@@ -8,7 +8,7 @@ use crate::credits::Credits;
 use crate::events::*;
 use crate::time::Instant;
 
-pub use crate::buckets::{allowance_id, AllowanceBucket, Balance, Hold, Lot, Totals};
+pub use crate::buckets::{allowance_id, Balance, Bucket, Hold, Origin, Totals};
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

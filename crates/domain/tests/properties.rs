@@ -315,27 +315,12 @@ impl Books {
 
 /// The amount in the bucket a part names, live at `at`, or `None` if there is no such bucket.
 fn bucket_remaining(core: &Core, part: &Part, at: Instant) -> Option<Credits> {
-    match part.bucket {
-        BucketKind::Allowance => core
-            .balance
-            .allowance
-            .as_ref()
-            .filter(|b| b.id == part.id && at < b.period_end)
-            .map(|b| b.remaining),
-        BucketKind::TopUp => core
-            .balance
-            .top_ups
-            .iter()
-            .find(|l| l.id == part.id && l.is_live(at))
-            .map(|l| l.remaining),
-        BucketKind::Grant => core
-            .balance
-            .grants
-            .iter()
-            .find(|l| l.id == part.id && l.is_live(at))
-            .map(|l| l.remaining),
-        BucketKind::Unlimited => None,
-    }
+    core.balance
+        .buckets
+        .iter()
+        .find(|b| b.kind == part.bucket && b.id == part.id)
+        .filter(|b| b.expires_at.is_none_or(|end| at < end))
+        .map(|b| b.remaining)
 }
 
 /// Before an event that draws credits is applied: every part comes from a live bucket that
@@ -373,28 +358,24 @@ fn check_invariants(account: &Account, books: &Books, now: Instant) -> Result<()
     let Some(core) = account.core.as_ref() else {
         return Ok(());
     };
-    if let Some(bucket) = &core.balance.allowance {
-        prop_assert!(bucket.remaining <= bucket.amount);
+    for bucket in &core.balance.buckets {
+        prop_assert!(bucket.remaining <= bucket.credits);
     }
-    for lot in core.balance.top_ups.iter().chain(&core.balance.grants) {
-        prop_assert!(lot.remaining <= lot.credits);
-    }
+    let allowances = core
+        .balance
+        .buckets
+        .iter()
+        .filter(|b| b.kind == BucketKind::Allowance)
+        .count();
+    prop_assert!(allowances <= 1, "{allowances} allowances");
     // Total available = the sum of the live buckets, counted here independently.
     let live: u64 = core
         .balance
-        .allowance
+        .buckets
         .iter()
-        .filter(|b| now < b.period_end)
+        .filter(|b| b.expires_at.is_none_or(|end| now < end))
         .map(|b| b.remaining.get())
-        .sum::<u64>()
-        + core
-            .balance
-            .top_ups
-            .iter()
-            .chain(&core.balance.grants)
-            .filter(|l| l.is_live(now))
-            .map(|l| l.remaining.get())
-            .sum::<u64>();
+        .sum::<u64>();
     prop_assert_eq!(core.available(now).get(), live);
     // granted - charged + refunded - forfeited = everything in buckets plus everything held.
     let ledger = (books.granted + books.refunded) - (books.charged + books.forfeited);

@@ -41,10 +41,12 @@ fn opening_an_account_starts_free_with_the_free_allowance_for_one_month() {
     let given = given_account();
     let core = given.account.core.as_ref().unwrap();
     assert_eq!(core.plan.tier, Tier::Free);
-    let allowance = core.balance.allowance.as_ref().unwrap();
+    let allowance = core.balance.allowance().unwrap();
     assert_eq!(allowance.remaining, credits(500));
-    assert_eq!(allowance.period_start, at(T0));
-    assert_eq!(allowance.period_end, at("2026-02-10T12:00:00Z"));
+    assert_eq!(
+        allowance.period(),
+        Some((at(T0), at("2026-02-10T12:00:00Z")))
+    );
     assert_eq!(core.plan.scope.as_str(), "free");
 }
 
@@ -77,7 +79,7 @@ fn renewal_resets_the_allowance_and_records_the_forfeited_remainder() {
             .core
             .unwrap()
             .balance
-            .allowance
+            .allowance()
             .unwrap()
             .remaining,
         credits(5_000)
@@ -102,8 +104,12 @@ fn renewal_and_tier_changes_leave_top_ups_and_grants_untouched() {
             "2026-03-10T12:00:00Z",
         ));
     let core = then.account.core.unwrap();
-    assert_eq!(core.balance.top_ups[0].remaining, credits(300));
-    assert_eq!(core.balance.grants[0].remaining, credits(40));
+    let remaining = |kind| {
+        let mut lots = core.balance.of_kind(kind);
+        lots.next().unwrap().remaining
+    };
+    assert_eq!(remaining(BucketKind::TopUp), credits(300));
+    assert_eq!(remaining(BucketKind::Grant), credits(40));
 }
 
 #[test]
@@ -178,11 +184,13 @@ fn free_accounts_refresh_on_their_anniversary_clamped_at_month_end() {
         .as_ref()
         .unwrap()
         .balance
-        .allowance
-        .clone()
+        .allowance()
+        .cloned()
         .unwrap();
-    assert_eq!(allowance.period_start, at("2026-03-31T09:00:00Z"));
-    assert_eq!(allowance.period_end, at("2026-04-30T09:00:00Z"));
+    assert_eq!(
+        allowance.period(),
+        Some((at("2026-03-31T09:00:00Z"), at("2026-04-30T09:00:00Z")))
+    );
 }
 
 #[test]
@@ -213,7 +221,7 @@ fn a_subscription_change_starts_a_new_period_with_the_new_allowance() {
         other => panic!("unexpected {other:?}"),
     }
     let core = then.account.core.unwrap();
-    assert_eq!(core.balance.allowance.unwrap().remaining, credits(5_000));
+    assert_eq!(core.balance.allowance().unwrap().remaining, credits(5_000));
     // Cancelling to free resets to the free allowance.
     let then = given_account()
         .ran(subscribe(
@@ -235,7 +243,7 @@ fn a_subscription_change_starts_a_new_period_with_the_new_allowance() {
             .core
             .unwrap()
             .balance
-            .allowance
+            .allowance()
             .unwrap()
             .remaining,
         credits(500)
@@ -1032,9 +1040,11 @@ fn a_backdated_annual_subscription_lands_in_the_window_that_contains_its_time() 
         "sub-back",
     ));
     let core = given.account.core.clone().unwrap();
-    let allowance = core.balance.allowance.unwrap();
-    assert_eq!(allowance.period_start, at("2026-10-31T09:00:00Z"));
-    assert_eq!(allowance.period_end, at("2026-11-30T09:00:00Z"));
+    let allowance = core.balance.allowance().unwrap();
+    assert_eq!(
+        allowance.period(),
+        Some((at("2026-10-31T09:00:00Z"), at("2026-11-30T09:00:00Z")))
+    );
     assert_eq!(allowance.remaining, credits(6_000));
     assert_eq!(given.available(), 6_000);
     // Nothing is due until the window ends: no phantom refresh of an earlier window.
@@ -1077,10 +1087,13 @@ fn a_backdated_free_or_monthly_subscription_starts_with_its_windows_full_allowan
         .clone()
         .unwrap()
         .balance
-        .allowance
+        .allowance()
+        .cloned()
         .unwrap();
-    assert_eq!(allowance.period_start, at("2026-11-15T00:00:00Z"));
-    assert_eq!(allowance.period_end, at("2026-12-15T00:00:00Z"));
+    assert_eq!(
+        allowance.period(),
+        Some((at("2026-11-15T00:00:00Z"), at("2026-12-15T00:00:00Z")))
+    );
     assert_eq!(given.available(), 500);
     let then = given.at("2026-11-27T10:00:01Z").when(Command::Tick);
     assert!(then.then_events().is_empty(), "no refresh is due yet");

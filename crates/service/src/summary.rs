@@ -78,9 +78,9 @@ pub fn summarize(
         balance: BalanceSummary {
             total: (!plan.unlimited).then(|| balance.available(now)),
             allowance: balance.live_remaining(BucketKind::Allowance, now),
-            period_end: balance.allowance.as_ref().map(|bucket| bucket.period_end),
+            period_end: balance.allowance().and_then(|bucket| bucket.expires_at),
             top_ups: balance
-                .live_lots(BucketKind::TopUp, now)
+                .live(BucketKind::TopUp, now)
                 .map(|lot| LotSummary {
                     lot_id: lot.id.clone(),
                     remaining: lot.remaining,
@@ -88,7 +88,7 @@ pub fn summarize(
                 })
                 .collect(),
             grants: balance
-                .live_lots(BucketKind::Grant, now)
+                .live(BucketKind::Grant, now)
                 .map(|lot| GrantSummary {
                     grant_id: lot.id.clone(),
                     remaining: lot.remaining,

@@ -17,7 +17,7 @@ pub const NAME: &str = "balance";
 /// The shape of a stored row. Bump it whenever `Balance` serialises differently: a projector
 /// that finds rows of an older shape rebuilds the view rather than misread them, and one that
 /// finds a newer shape refuses the file.
-pub const ROW_FORMAT: u32 = 1;
+pub const ROW_FORMAT: u32 = 2;
 
 /// One account's row.
 pub type Row = Balance;

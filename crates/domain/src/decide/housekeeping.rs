@@ -27,11 +27,8 @@ pub(super) fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Even
     let mut events = Vec::new();
     let mut scratch: Option<Core> = None;
     // Each step removes one due item; an anniversary refresh moves the period past `now`.
-    let bound = core.balance.open_holds.len()
-        + core.balance.top_ups.len()
-        + core.balance.grants.len()
-        + core.trials.models.len()
-        + 2;
+    let bound =
+        core.balance.open_holds.len() + core.balance.buckets.len() + core.trials.models.len() + 2;
     for _ in 0..bound {
         let current = scratch.as_ref().unwrap_or(core);
         let Some(event) = next_due(current, now) else {
@@ -49,18 +46,18 @@ enum Due<'a> {
     Refresh,
     Hold(&'a Hold),
     /// A top-up lot or a grant reaching its expiry.
-    Expiry(BucketKind, &'a Lot),
+    Expiry(&'a Bucket),
     WindowClose(&'a str),
 }
 
 /// When the allowance of a free or annual account is refreshed on its anniversary, if it is
 /// (as seen at `now`): annual plans refresh inside the paid year only; after it, billing renews.
 fn refresh_due_at(plan: &PlanState, balance: &Balance, now: Instant) -> Option<Instant> {
-    let bucket = balance.allowance.as_ref()?;
+    let bucket = balance.allowance()?;
     let scheduled = plan.tier == Tier::Free || plan.billing == Some(Billing::Annual);
     let in_paid_year = plan.tier == Tier::Free || now < plan.subscription_end;
     (scheduled && in_paid_year && !plan.unlimited && plan.plan_allowance.is_some())
-        .then_some(bucket.period_end)
+        .then_some(bucket.expires_at?)
 }
 
 /// Every pending item of housekeeping and the instant it falls due, in the order ties are
@@ -78,7 +75,7 @@ fn due_items<'a>(
         .map(|hold| (hold.placed.expires_at, Due::Hold(hold)));
     let expiries = balance
         .lot_expiries()
-        .map(|(at, kind, lot)| (at, Due::Expiry(kind, lot)));
+        .map(|(at, bucket)| (at, Due::Expiry(bucket)));
     let windows = trials.models.iter().filter_map(|(model, trial)| {
         let closes_at = trial.closes_at.filter(|_| !trial.closed)?;
         Some((closes_at, Due::WindowClose(model.as_str())))
@@ -97,7 +94,7 @@ fn next_due(core: &Core, now: Instant) -> Option<Event> {
         .min_by_key(|(at, _)| *at)?;
     let event = match due {
         Due::Refresh => {
-            let bucket = core.balance.allowance.as_ref()?;
+            let bucket = core.balance.allowance()?;
             let plan = &core.plan;
             let (start, end) = anniversary_period(plan.anchor_at, now);
             let (period_start, period_end, allowance_period_end) = if plan.tier == Tier::Free {
@@ -131,20 +128,7 @@ fn next_due(core: &Core, now: Instant) -> Option<Event> {
             }
             .into()
         }
-        Due::Expiry(BucketKind::TopUp, lot) => TopUpExpired {
-            purchase_id: lot.id.clone(),
-            expired_at: at,
-            forfeited: lot.remaining,
-        }
-        .into(),
-        Due::Expiry(BucketKind::Grant, lot) => GrantExpired {
-            grant_id: lot.id.clone(),
-            expired_at: at,
-            forfeited: lot.remaining,
-        }
-        .into(),
-        // Only lots expire by themselves; the allowance is refreshed or replaced.
-        Due::Expiry(BucketKind::Allowance | BucketKind::Unlimited, _) => return None,
+        Due::Expiry(bucket) => bucket.expired(at)?,
         Due::WindowClose(model) => TrialWindowClosed {
             model: model.to_string(),
             closed_at: at,

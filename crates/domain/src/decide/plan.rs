@@ -42,8 +42,7 @@ impl Ctx<'_> {
     fn allowance_left(&self) -> Credits {
         self.core
             .balance
-            .allowance
-            .as_ref()
+            .allowance()
             .map_or(Credits::ZERO, |bucket| bucket.remaining)
     }
 

@@ -73,9 +73,9 @@ impl Buckets {
                 amount,
             );
         };
-        for bucket in balance.buckets() {
+        for bucket in &balance.buckets {
             if let Some(name) = BucketName::of(bucket.kind) {
-                put(name, bucket.id, bucket.generation, bucket.remaining);
+                put(name, &bucket.id, bucket.origin.version, bucket.remaining);
             }
         }
         for (hold_id, hold) in &balance.open_holds {
@@ -155,18 +155,20 @@ pub(super) fn balance_at(core: Option<&Core>, at: Instant) -> BalanceAt {
     let balance = &core.balance;
     BalanceAt {
         total: balance.available(at),
-        allowance: balance.allowance.as_ref().map(|bucket| AllowanceAt {
-            id: bucket.id.clone(),
-            amount: bucket.amount,
-            remaining: bucket.remaining,
-            period_start: bucket.period_start,
-            period_end: bucket.period_end,
-            // The rule `Balance::available` applies, so `live` and `total` always agree.
-            live: balance.live_allowance(at).is_some(),
+        allowance: balance.allowance().and_then(|bucket| {
+            let (period_start, period_end) = bucket.period()?;
+            Some(AllowanceAt {
+                id: bucket.id.clone(),
+                amount: bucket.credits,
+                remaining: bucket.remaining,
+                period_start,
+                period_end,
+                // The rule `Balance::available` applies, so `live` and `total` always agree.
+                live: bucket.is_live(at),
+            })
         }),
         top_ups: balance
-            .top_ups
-            .iter()
+            .of_kind(BucketKind::TopUp)
             .map(|lot| TopUpAt {
                 lot_id: lot.id.clone(),
                 credits: lot.credits,
@@ -176,8 +178,7 @@ pub(super) fn balance_at(core: Option<&Core>, at: Instant) -> BalanceAt {
             })
             .collect(),
         grants: balance
-            .grants
-            .iter()
+            .of_kind(BucketKind::Grant)
             .map(|lot| GrantAt {
                 grant_id: lot.id.clone(),
                 credits: lot.credits,
