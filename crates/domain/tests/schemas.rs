@@ -27,6 +27,7 @@ use ledger_domain::{
 // ---------------------------------------------------------------------------------------------
 
 const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
+const ROOT_BASE: &str = "https://knouds.ai/schemas/";
 const ID_BASE: &str = "https://knouds.ai/schemas/events/";
 const ENVELOPE: &str = "envelope.v1.json";
 
@@ -47,8 +48,30 @@ fn data_schema_file(type_name: &str, version: u32) -> String {
 fn compile(schema: &Value) -> Result<Validator, String> {
     jsonschema::draft202012::options()
         .should_validate_formats(true)
+        .with_retriever(SchemaFiles)
         .build(schema)
         .map_err(|err| err.to_string())
+}
+
+/// Resolves the schemas' `$ref`s to one another (`https://knouds.ai/schemas/...`) from the
+/// files in `schemas/`, the way a consumer with the directory would; nothing is fetched.
+struct SchemaFiles;
+
+impl jsonschema::Retrieve for SchemaFiles {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let path = uri
+            .as_str()
+            .strip_prefix(ROOT_BASE)
+            .filter(|path| !path.contains(".."))
+            .ok_or_else(|| format!("{uri} is not one of the ledger's schemas"))?;
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas")
+            .join(path);
+        Ok(serde_json::from_str(&fs::read_to_string(file)?)?)
+    }
 }
 
 /// Every schema file in `schemas/events`, parsed and compiled.
@@ -735,6 +758,62 @@ fn every_event_the_domain_writes_matches_its_schema() {
 // ---------------------------------------------------------------------------------------------
 // The schema files themselves
 // ---------------------------------------------------------------------------------------------
+
+/// Every bucket kind, each once: the match fails to compile when a kind is added, which
+/// points here, and from here to the one schema file that lists the kinds.
+fn every_bucket_kind() -> [BucketKind; 4] {
+    let kinds = [
+        BucketKind::Allowance,
+        BucketKind::Grant,
+        BucketKind::TopUp,
+        BucketKind::Unlimited,
+    ];
+    for kind in kinds {
+        match kind {
+            BucketKind::Allowance | BucketKind::Grant | BucketKind::TopUp => {}
+            BucketKind::Unlimited => {}
+        }
+    }
+    kinds
+}
+
+#[test]
+fn bucket_kinds_are_listed_in_one_schema_file_and_match_the_domain() {
+    let common: Value = serde_json::from_str(
+        &fs::read_to_string(schema_dir().join("../common/parts.v1.json")).expect("parts.v1.json"),
+    )
+    .expect("JSON");
+    let listed = |def: &str| -> Vec<Value> {
+        common["$defs"][def]["properties"]["bucket"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{def} lists its bucket kinds"))
+            .clone()
+    };
+    let kinds: Vec<Value> = every_bucket_kind()
+        .iter()
+        .map(|kind| serde_json::to_value(kind).expect("a kind serialises"))
+        .collect();
+    assert_eq!(listed("part"), kinds, "part: every kind, in order");
+    let real: Vec<Value> = kinds
+        .iter()
+        .filter(|kind| *kind != "unlimited")
+        .cloned()
+        .collect();
+    assert_eq!(listed("bucket_part"), real, "bucket_part: the real buckets");
+    // The event schemas refer to these definitions instead of copying them.
+    let schemas = Schemas::load();
+    for (file, (document, _)) in &schemas.files {
+        for def in ["part", "bucket_part"] {
+            if let Some(local) = document["$defs"].get(def) {
+                assert_eq!(
+                    local,
+                    &json!({ "$ref": format!("{ROOT_BASE}common/parts.v1.json#/$defs/{def}") }),
+                    "{file}: $defs/{def} refers to the shared definition"
+                );
+            }
+        }
+    }
+}
 
 #[test]
 fn every_event_type_has_a_schema_for_every_version() {
