@@ -3,16 +3,25 @@
 //! run: one SQLite transaction per charge (`UPDATE balance ... WHERE balance >= cost` plus an
 //! `INSERT`, WAL, `synchronous=FULL`).
 //!
+//! And against the peer a team would otherwise pick: `cqrs-es` with `sqlite-es`
+//! (`benches/peer-cqrs-es`, its own workspace and lock file so that CI never builds sqlx),
+//! same tasks, accounts and durability. The bench builds the peer with cargo the first time
+//! (a few minutes); `LEDGER_BENCH_PEER=off` leaves it out, `LEDGER_BENCH_PEER=PATH` uses a
+//! binary built already.
+//!
 //! Scenarios (issue 18): 256 tasks charging 10,000 accounts, 64 tasks on one hot account,
 //! and one task. Each charge costs 1 credit (`assistant-chat`); accounts are pro with a
 //! large top-up, so nothing is refused.
 //!
 //! Run with `cargo bench -p ledger-service --bench charges`. `LEDGER_BENCH_RUNS` and
 //! `LEDGER_BENCH_MILLIS` change the number and length of the runs (default 3 x 3000 ms).
+//! Runs alternate ledger, naive, peer, so that a noisy moment hits all three alike.
 
 // Rates and ratios of measurements are floats; no credit amount is.
 #![allow(clippy::float_arithmetic)]
 
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -54,23 +63,100 @@ fn main() -> BenchResult<()> {
         run_time.as_millis()
     );
     println!();
-    println!("| scenario | ledger (charges/s) | naive: tx per charge (charges/s) | ratio |");
-    println!("|---|---:|---:|---:|");
+    let peer = peer_binary()?;
+    println!(
+        "| scenario | ledger (charges/s) | naive: tx per charge | ledger ÷ naive | cqrs-es peer | ledger ÷ peer | peer conflicts |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, tasks, accounts) in SCENARIOS {
         let mut ledger_rates = Vec::with_capacity(runs);
         let mut naive_rates = Vec::with_capacity(runs);
+        let mut peer_rates = Vec::with_capacity(runs);
+        let mut peer_conflicts = Vec::with_capacity(runs);
         for _ in 0..runs {
             ledger_rates.push(runtime.block_on(ledger_run(tasks, accounts, run_time))?);
             naive_rates.push(naive_run(tasks, accounts, run_time)?);
+            if let Some(peer) = &peer {
+                let (rate, conflicts) = peer_run(peer, tasks, accounts, run_time)?;
+                peer_rates.push(rate);
+                peer_conflicts.push(conflicts as f64);
+            }
         }
         let ledger = median(&mut ledger_rates);
         let naive = median(&mut naive_rates);
+        let peer_columns = if peer_rates.is_empty() {
+            "not run | | ".to_string()
+        } else {
+            let peer = median(&mut peer_rates);
+            format!(
+                "{peer:.0} | {:.1} | {:.0}",
+                ledger / peer.max(1.0),
+                median(&mut peer_conflicts)
+            )
+        };
         println!(
-            "| {name} | {ledger:.0} | {naive:.0} | {:.1} |",
+            "| {name} | {ledger:.0} | {naive:.0} | {:.1} | {peer_columns} |",
             ledger / naive.max(1.0)
         );
     }
     Ok(())
+}
+
+/// The peer's binary: built here unless `LEDGER_BENCH_PEER` names one or says `off`.
+fn peer_binary() -> BenchResult<Option<PathBuf>> {
+    match std::env::var("LEDGER_BENCH_PEER").as_deref() {
+        Ok("off") => return Ok(None),
+        Ok(path) => return Ok(Some(PathBuf::from(path))),
+        Err(_) => {}
+    }
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/peer-cqrs-es/Cargo.toml");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the cqrs-es peer (benches/peer-cqrs-es; LEDGER_BENCH_PEER=off skips it)");
+    let status = Process::new(cargo)
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .status()?;
+    if !status.success() {
+        return Err(format!("building the peer failed: {status}").into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.with_file_name("target"));
+    Ok(Some(target.join("release/peer-cqrs-es")))
+}
+
+/// One run of the peer in its own process: (charges/s, version conflicts retried).
+fn peer_run(
+    peer: &Path,
+    tasks: usize,
+    accounts: usize,
+    run_time: Duration,
+) -> BenchResult<(f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let output = Process::new(peer)
+        .arg(tasks.to_string())
+        .arg(accounts.to_string())
+        .arg(run_time.as_millis().to_string())
+        .arg(dir.path())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "the peer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .ok_or_else(|| format!("the peer printed no {name}: {text:?}"))
+    };
+    Ok((
+        field("charges_per_s")?.parse()?,
+        field("conflicts")?.parse()?,
+    ))
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> BenchResult<T> {
