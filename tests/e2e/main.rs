@@ -4,7 +4,8 @@
 //!
 //! Modules: `support` (the harness), `openapi` (the document against `ROUTES`), `errors`
 //! (every error code), `roles` (the role matrix), `stories` (the seeds' stories),
-//! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `cli`
+//! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `insight`
+//! (model badges, refresh dates, history, usage), `cli`
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge) and `console` (the support page in headless Chromium).
@@ -18,6 +19,7 @@ mod contract;
 mod errors;
 mod export;
 mod idempotency;
+mod insight;
 mod lifecycle;
 mod openapi;
 mod reads;

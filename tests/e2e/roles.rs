@@ -212,6 +212,30 @@ fn rows() -> Vec<Row> {
         },
         Row {
             method: "GET",
+            template: "/v1/accounts/{id}/models",
+            allowed: &Role::ALL,
+            success: 200,
+            request: |_| ("/v1/accounts/m/models".into(), None),
+        },
+        Row {
+            method: "GET",
+            template: "/v1/accounts/{id}/history",
+            allowed: &[Support, Finance, Admin],
+            success: 200,
+            request: |_| {
+                let path = "/v1/accounts/m/history?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z&step=1h";
+                (path.into(), None)
+            },
+        },
+        Row {
+            method: "GET",
+            template: "/v1/accounts/{id}/usage",
+            allowed: &[Support, Finance, Admin],
+            success: 200,
+            request: |_| ("/v1/accounts/m/usage?by=day".into(), None),
+        },
+        Row {
+            method: "GET",
             template: "/v1/audit/events",
             allowed: &[Finance, Admin],
             success: 200,

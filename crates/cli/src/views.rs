@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ledger_domain::decide::next_due_at;
 use ledger_domain::state::Core;
-use ledger_domain::Instant;
+use ledger_domain::usage::{UsageBy, UsageRange, UsageReport};
+use ledger_domain::{Catalog, Instant};
 use ledger_projector::{
     FollowOptions, ProjectorConfig, Projectors, RebuildReport, ViewName, ViewSelection, Views,
 };
@@ -109,6 +110,17 @@ pub struct ProjectedViews(pub Views);
 impl ReadModel for ProjectedViews {
     fn account(&self, account_id: &str) -> Option<Core> {
         self.0.account(account_id)
+    }
+
+    fn usage(
+        &self,
+        account_id: &str,
+        range: &UsageRange,
+        by: UsageBy,
+        catalog: &Catalog,
+    ) -> Option<UsageReport> {
+        let row = self.0.usage.get(account_id)?;
+        Some(row.row.report(range, by, catalog))
     }
 
     fn position(&self) -> Option<u64> {

@@ -30,6 +30,21 @@ pub enum NodeType {
 }
 
 impl NodeType {
+    /// The type's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::ImageGenerator => "image_generator",
+            NodeType::VideoGenerator => "video_generator",
+            NodeType::MusicGenerator => "music_generator",
+            NodeType::Assistant => "assistant",
+            NodeType::CustomModel => "custom_model",
+            NodeType::RequestInput => "request_input",
+            NodeType::HttpRequest => "http_request",
+            NodeType::List => "list",
+            NodeType::ResponseOutput => "response_output",
+        }
+    }
+
     /// The model kind an AI node runs, or `None` for a node that never costs credits.
     /// `Some(None)` means any kind (custom models).
     pub fn model_kind(self) -> Option<Option<ModelKind>> {

@@ -198,6 +198,9 @@ pub struct SlimEnvelope<'a> {
     #[serde(rename = "type", borrow)]
     pub type_name: Cow<'a, str>,
     pub schema_version: u32,
+    /// As stored; the usage view counts runs on the day they occurred.
+    #[serde(borrow)]
+    pub occurred_at: Cow<'a, str>,
     /// As stored; the projector reads it for its lag metric.
     #[serde(borrow)]
     pub recorded_at: Cow<'a, str>,

@@ -11,10 +11,12 @@ pub mod decide;
 pub mod envelope;
 pub mod events;
 pub mod explain;
+pub mod insight;
 pub mod rejection;
 pub mod state;
 pub mod time;
 pub mod upcast;
+pub mod usage;
 
 pub use admission::{admit, Admission, AdmissionNode, Blocked, NodeType};
 pub use catalog::{Catalog, CatalogError, Tier};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ledger_domain::envelope::{account_of_stream, SlimEnvelope};
 use ledger_domain::events::{DecodeError, Event};
+use ledger_domain::Instant;
 use ledger_store::{GlobalPosition, RecordedEvent};
 
 use crate::error::ProjectorError;
@@ -25,6 +26,8 @@ pub struct AccountEvent {
     pub account_id: Arc<str>,
     /// The stream version: 1 for `account_opened`, then one more per event.
     pub version: u64,
+    /// When the event took effect (the envelope's `occurred_at`).
+    pub occurred_at: Instant,
     pub event: Event,
 }
 
@@ -55,6 +58,12 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
             slim.recorded_at
         )))
     })?;
+    let occurred_at: Instant = slim.occurred_at.parse().map_err(|error| {
+        failed(DecodeError::Envelope(format!(
+            "bad occurred_at {:?}: {error}",
+            slim.occurred_at
+        )))
+    })?;
     let event = slim.event().map_err(failed)?;
     Ok(Decoded {
         position: record.position,
@@ -62,6 +71,7 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
         account: Some(AccountEvent {
             account_id: Arc::from(account_id),
             version: record.version,
+            occurred_at,
             event,
         }),
     })

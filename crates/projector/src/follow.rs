@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::error::ProjectorError;
 use crate::handle::{new_row_map, SharedRow, Versioned, ViewHandle, Views};
 use crate::metrics::HeadPosition;
-use crate::projection::{BalanceView, Projection, TierView, TrialUsageView};
+use crate::projection::{BalanceView, Projection, TierView, TrialUsageView, UsageView};
 use crate::storage::{read_view_file, view_path, FileRead, StoredRow};
 
 /// How [`Views::follow_files`] follows.
@@ -110,9 +110,16 @@ impl Views {
             seen: None,
             failing: None,
         };
+        let mut usage = Followed {
+            handle: views.usage.clone(),
+            path: view_path(data_dir, UsageView::VIEW),
+            seen: None,
+            failing: None,
+        };
         balance = poll::<BalanceView>(balance).await?;
         trial_usage = poll::<TrialUsageView>(trial_usage).await?;
         tier = poll::<TierView>(tier).await?;
+        usage = poll::<UsageView>(usage).await?;
         if let Some(store) = &options.store {
             if let Some(position) = store.head_position().await? {
                 head.observe(position);
@@ -127,6 +134,7 @@ impl Views {
                 balance = poll_logged::<BalanceView>(balance).await;
                 trial_usage = poll_logged::<TrialUsageView>(trial_usage).await;
                 tier = poll_logged::<TierView>(tier).await;
+                usage = poll_logged::<UsageView>(usage).await;
                 if let Some(store) = &options.store {
                     if head_asked.elapsed() >= options.head_refresh {
                         head_asked = tokio::time::Instant::now();

@@ -12,6 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use ledger_domain::state::{Balance, Core, PlanState, Trials};
+use ledger_domain::usage::Usage;
 use ledger_store::GlobalPosition;
 use tokio::sync::watch;
 
@@ -212,24 +213,27 @@ impl<R: Clone> ViewHandle<R> {
     }
 }
 
-/// The three views the admission check and the account summary read.
+/// The views the reads answer from: the three the admission check and the account summary
+/// read, and usage.
 ///
 /// The views advance independently, each consistent in itself; [`Views::position`] is the
-/// position all three have reached.
+/// position all four have reached.
 #[derive(Debug, Clone)]
 pub struct Views {
     pub balance: ViewHandle<Balance>,
     pub trial_usage: ViewHandle<Trials>,
     pub tier: ViewHandle<PlanState>,
+    pub usage: ViewHandle<Usage>,
 }
 
 impl Views {
-    /// Three empty views sharing one head position.
+    /// Four empty views sharing one head position.
     pub(crate) fn empty(head: Arc<HeadPosition>) -> Views {
         Views {
             balance: ViewHandle::new(ViewName::Balance, Arc::clone(&head)),
             trial_usage: ViewHandle::new(ViewName::TrialUsage, Arc::clone(&head)),
-            tier: ViewHandle::new(ViewName::Tier, head),
+            tier: ViewHandle::new(ViewName::Tier, Arc::clone(&head)),
+            usage: ViewHandle::new(ViewName::Usage, head),
         }
     }
 
@@ -243,19 +247,20 @@ impl Views {
         })
     }
 
-    /// The position all three views have reached.
+    /// The position all four views have reached.
     pub fn position(&self) -> Option<GlobalPosition> {
         [
             self.balance.position(),
             self.trial_usage.position(),
             self.tier.position(),
+            self.usage.position(),
         ]
         .into_iter()
         .min()
         .flatten()
     }
 
-    /// Waits until all three views reflect `position`, at most `timeout` in all.
+    /// Waits until all four views reflect `position`, at most `timeout` in all.
     pub async fn wait_for(
         &self,
         position: GlobalPosition,
@@ -278,15 +283,20 @@ impl Views {
         self.tier
             .wait_for(position, left())
             .await
+            .map_err(timed_out)?;
+        self.usage
+            .wait_for(position, left())
+            .await
             .map_err(timed_out)
     }
 
-    /// Metrics of the three views.
+    /// Metrics of the four views.
     pub fn metrics(&self) -> Vec<ViewMetrics> {
         vec![
             self.balance.metrics(),
             self.trial_usage.metrics(),
             self.tier.metrics(),
+            self.usage.metrics(),
         ]
     }
 }

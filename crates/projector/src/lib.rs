@@ -1,9 +1,9 @@
 //! Projectors: the read side of the ledger. They subscribe to the event store, fold every
-//! event into the balance, trial-usage and tier views (`projections/*`), keep each view in a
+//! event into the balance, trial-usage, tier and usage views (`projections/*`), keep each view in a
 //! SQLite file next to them, and serve it from memory to the admission check.
 //!
 //! Code map:
-//! - [`projection`]: the [`Projection`] trait and the three views; [`ViewSelection`].
+//! - [`projection`]: the [`Projection`] trait and the four views; [`ViewSelection`].
 //! - [`runtime`]: [`Projectors`] (start, metrics, side-by-side [`Projectors::rebuild`],
 //!   stop), [`run`] for `ledger project` and [`spawn_embedded`] for `ledger serve`.
 //! - `feeder` and `worker`: the reader task and the per-view threads that batch, commit and
@@ -36,7 +36,8 @@ pub use follow::{FollowOptions, Follower};
 pub use handle::{Versioned, ViewHandle, Views};
 pub use metrics::{RebuildProgress, ViewMetrics};
 pub use projection::{
-    BalanceView, Projection, TierView, TrialUsageView, UnknownView, ViewName, ViewSelection,
+    BalanceView, Projection, TierView, TrialUsageView, UnknownView, UsageView, ViewName,
+    ViewSelection,
 };
 pub use runtime::{run, spawn_embedded, ProjectorConfig, Projectors, ViewHandles};
 pub use worker::RebuildReport;

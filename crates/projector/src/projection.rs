@@ -1,4 +1,4 @@
-//! The trait a view implements for the runtime, the three views, and how a projector names
+//! The trait a view implements for the runtime, the four views, and how a projector names
 //! the ones it runs.
 //!
 //! The views' folds live in their own crates (`projections/*`), which depend on nothing but
@@ -11,19 +11,27 @@ use std::str::FromStr;
 
 use ledger_domain::events::Event;
 use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::usage::Usage;
+use ledger_domain::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// One of the three views.
+/// One of the four views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ViewName {
     Balance,
     TrialUsage,
     Tier,
+    Usage,
 }
 
 impl ViewName {
-    pub const ALL: [ViewName; 3] = [ViewName::Balance, ViewName::TrialUsage, ViewName::Tier];
+    pub const ALL: [ViewName; 4] = [
+        ViewName::Balance,
+        ViewName::TrialUsage,
+        ViewName::Tier,
+        ViewName::Usage,
+    ];
 
     /// The name on the command line, in file names and in metrics labels.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +39,7 @@ impl ViewName {
             ViewName::Balance => ledger_projection_balance::NAME,
             ViewName::TrialUsage => ledger_projection_trial_usage::NAME,
             ViewName::Tier => ledger_projection_tier::NAME,
+            ViewName::Usage => ledger_projection_usage::NAME,
         }
     }
 }
@@ -41,9 +50,9 @@ impl fmt::Display for ViewName {
     }
 }
 
-/// A view name that is not one of the three.
+/// A view name that is not one of the four.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown view {0:?}: expected balance, trial-usage, tier or all")]
+#[error("unknown view {0:?}: expected balance, trial-usage, tier, usage or all")]
 pub struct UnknownView(pub String);
 
 impl FromStr for ViewName {
@@ -57,7 +66,7 @@ impl FromStr for ViewName {
     }
 }
 
-/// Which views a projector runs: `--view balance|trial-usage|tier|all`.
+/// Which views a projector runs: `--view balance|trial-usage|tier|usage|all`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ViewSelection {
     #[default]
@@ -119,8 +128,8 @@ pub trait Projection: Send + Sync + 'static {
     /// The row `event` (an account's first) creates, or `None` if it creates none.
     fn create(event: &Event) -> Option<Self::Row>;
 
-    /// Folds `event`, the stream's `version`-th, into an existing row.
-    fn update(row: &mut Self::Row, event: &Event, version: u64);
+    /// Folds `event`, the stream's `version`-th, which occurred at `at`, into an existing row.
+    fn update(row: &mut Self::Row, event: &Event, version: u64, at: Instant);
 
     /// Appends the stored form of `row` to `out`.
     fn encode(row: &Self::Row, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
@@ -141,8 +150,12 @@ pub struct TrialUsageView;
 #[derive(Debug, Clone, Copy)]
 pub struct TierView;
 
+/// The usage view (`projections/usage`).
+#[derive(Debug, Clone, Copy)]
+pub struct UsageView;
+
 macro_rules! delegate {
-    ($marker:ty, $view:ident, $row:ty, $krate:ident) => {
+    ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident, $version:ident, $at:ident| $update:expr) => {
         impl Projection for $marker {
             type Row = $row;
             const VIEW: ViewName = ViewName::$view;
@@ -152,8 +165,8 @@ macro_rules! delegate {
                 $krate::create(event)
             }
 
-            fn update(row: &mut $row, event: &Event, version: u64) {
-                $krate::update(row, event, version)
+            fn update($row_arg: &mut $row, $event: &Event, $version: u64, $at: Instant) {
+                $update
             }
 
             fn encode(row: &$row, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
@@ -167,11 +180,32 @@ macro_rules! delegate {
     };
 }
 
-delegate!(BalanceView, Balance, Balance, ledger_projection_balance);
+// The views that keep state fold by stream version; usage counts by the day a run occurred.
+delegate!(
+    BalanceView,
+    Balance,
+    Balance,
+    ledger_projection_balance,
+    |row, event, version, _at| ledger_projection_balance::update(row, event, version)
+);
 delegate!(
     TrialUsageView,
     TrialUsage,
     Trials,
-    ledger_projection_trial_usage
+    ledger_projection_trial_usage,
+    |row, event, version, _at| ledger_projection_trial_usage::update(row, event, version)
 );
-delegate!(TierView, Tier, PlanState, ledger_projection_tier);
+delegate!(
+    TierView,
+    Tier,
+    PlanState,
+    ledger_projection_tier,
+    |row, event, version, _at| ledger_projection_tier::update(row, event, version)
+);
+delegate!(
+    UsageView,
+    Usage,
+    Usage,
+    ledger_projection_usage,
+    |row, event, _version, at| ledger_projection_usage::update(row, event, at)
+);

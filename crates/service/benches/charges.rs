@@ -40,7 +40,9 @@ use rusqlite::{params, Connection};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod support;
+
+use support::{env_number, median, BenchResult};
 
 /// Tasks preparing accounts at once.
 const PREPARE_TASKS: usize = 128;
@@ -157,20 +159,6 @@ fn peer_run(
         field("charges_per_s")?.parse()?,
         field("conflicts")?.parse()?,
     ))
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> BenchResult<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .map_err(|_| format!("{name} must be a number, not {text:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn account_id(n: usize) -> String {

@@ -8,12 +8,12 @@
   const TOKEN_KEY = 'ledger-console-token';
   const PAGE_SIZE = 50;
   const EVENTS_PAGE = 1000;
+  const HISTORY_POINTS = 200;
 
   // ---------------------------------------------------------------------------------------
-  // Reads. Each view of the page has one fetch function. Until the insight reads of SPEC
-  // section 13 land, `history`, `models` and `usage` derive their answer from explain and the
-  // events; each already returns the shape its endpoint will answer, so switching to
-  // `/history`, `/models` or `/usage` replaces one function body with one `request`.
+  // Reads. Each view of the page has one fetch function. `history`, `models` and `usage` ask
+  // the insight reads of SPEC section 13; models and usage answer for now only, so a page
+  // "as of" an earlier instant shows explain's own models and usage for that instant.
   // ---------------------------------------------------------------------------------------
 
   class ApiFailure extends Error {
@@ -74,34 +74,24 @@
       }
     },
 
-    // `GET /history` shape: {points: [{at, total, allowance, top_ups, grants, held}]}.
-    // Derived: the running sums after each timeline entry, then the buckets as of `at`.
-    async history(id, base) {
-      const points = base.explanation.timeline.map((entry) => ({
-        at: entry.occurred_at,
-        total: entry.after.available,
-        allowance: entry.after.allowance,
-        top_ups: entry.after.top_ups,
-        grants: entry.after.grants,
-        held: entry.after.held,
-      }));
-      const balance = base.explanation.balance;
-      const live = (lots) => lots.filter((lot) => lot.live).reduce((sum, lot) => sum + lot.remaining, 0);
-      points.push({
-        at: base.explanation.at,
-        total: balance.total,
-        allowance: balance.allowance && balance.allowance.live ? balance.allowance.remaining : 0,
-        top_ups: live(balance.top_ups),
-        grants: live(balance.grants),
-        held: balance.held,
-      });
-      return { points };
+    // The balance over time, from the account's first event to the instant shown: at most
+    // HISTORY_POINTS points, the last one on that instant.
+    history(id, base) {
+      const timeline = base.explanation.timeline;
+      const to = Date.parse(base.explanation.at);
+      const from = timeline.length ? Date.parse(timeline[0].occurred_at) : to;
+      const stepS = Math.max(1, Math.ceil((to - from) / 1000 / (HISTORY_POINTS - 1)));
+      const first = new Date(to - Math.floor((to - from) / 1000 / stepS) * stepS * 1000);
+      return request(account(id) + '/history?from=' + encodeURIComponent(first.toISOString()) +
+        '&to=' + encodeURIComponent(new Date(to).toISOString()) + '&step=' + stepS + 's');
     },
 
-    // `GET /models` shape: {models: [{model, kind, price, access, required_tier, trial}]}.
-    // Derived: explain's access per model, the trial's counts from the events up to `at`.
-    // Kind and price are not in explain; they stay null until `/models` answers them.
+    // The badges now; as of an earlier instant, explain's access per model and the trials'
+    // counts from the events up to it (kind and price are not in explain).
     async models(id, base) {
+      if (!base.at) {
+        return request(account(id) + '/models');
+      }
       const trials = trialsFrom(base.events);
       const models = base.explanation.models.map((model) => {
         const access = { paid: 'open', trial: 'trial', blocked: 'locked' }[model.access];
@@ -116,17 +106,15 @@
           access,
           required_tier: access === 'open' ? null : model.min_tier,
           trial,
-          reason: model.reason,
           reason_code: model.reason_code,
         };
       });
       return { models };
     },
 
-    // `GET /usage?by=model` shape: {rows: [{key, runs, credits}], total: {runs, credits}}.
-    // Derived: charges (and captured holds) minus refunds among the events up to `at`.
+    // Usage by model now, from the usage view; as of an earlier instant, explain's.
     async usage(id, base) {
-      return usageFrom(base.events);
+      return base.at ? base.explanation.usage : request(account(id) + '/usage?by=model');
     },
   };
 
@@ -150,40 +138,6 @@
       }
     }
     return trials;
-  }
-
-  function usageFrom(events) {
-    const rows = new Map();
-    const charges = new Map();
-    const holds = new Map();
-    const row = (model) => {
-      if (!rows.has(model)) {
-        rows.set(model, { key: model, runs: 0, credits: 0 });
-      }
-      return rows.get(model);
-    };
-    for (const event of events) {
-      const data = event.data;
-      if (event.type === 'credits_charged') {
-        charges.set(data.charge_id, data);
-        row(data.model).runs += 1;
-        row(data.model).credits += data.cost;
-      } else if (event.type === 'charge_refunded' && charges.has(data.charge_id)) {
-        const charged = charges.get(data.charge_id);
-        row(charged.model).runs -= 1;
-        row(charged.model).credits -= charged.cost;
-      } else if (event.type === 'hold_placed') {
-        holds.set(data.hold_id, data);
-      } else if (event.type === 'hold_captured' && holds.has(data.hold_id)) {
-        const held = holds.get(data.hold_id);
-        row(held.model).runs += 1;
-        row(held.model).credits += data.cost;
-      }
-    }
-    const list = [...rows.values()].sort((a, b) => b.credits - a.credits || a.key.localeCompare(b.key));
-    const total = list.reduce((sum, r) => ({ runs: sum.runs + r.runs, credits: sum.credits + r.credits }),
-      { runs: 0, credits: 0 });
-    return { rows: list, total };
   }
 
   // ---------------------------------------------------------------------------------------
@@ -304,6 +258,7 @@
         reads.summary(id), reads.explain(id, at), reads.events(id),
       ]);
       const base = {
+        at,
         summary,
         explanation,
         // Explain replays a prefix of the stream: the same prefix of the events.
@@ -349,20 +304,12 @@
     renderTimeline();
   }
 
-  // Last and next refresh: the summary's own fields once the insight reads add them (and only
-  // for "now", since the summary is always now); until then the allowance's period.
+  // Last and next refresh as of the instant shown: explain's, so "as of" moves them too.
   function refreshDates(data) {
-    const allowance = data.explanation.balance.allowance;
-    const fromSummary = !data.at && 'last_refresh_at' in data.summary;
-    if (fromSummary) {
-      return {
-        last: when(data.summary.last_refresh_at),
-        next: data.summary.next_refresh_at ? when(data.summary.next_refresh_at) : 'through billing (renewal)',
-      };
-    }
+    const ex = data.explanation;
     return {
-      last: allowance ? when(allowance.period_start) + ' (period start)' : '—',
-      next: allowance ? when(allowance.period_end) + ' (period end)' : '—',
+      last: ex.last_refresh_at ? when(ex.last_refresh_at) : '—',
+      next: ex.next_refresh_at ? when(ex.next_refresh_at) : 'through billing (renewal)',
     };
   }
 

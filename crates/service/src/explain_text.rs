@@ -293,12 +293,54 @@ fn table(out: &mut String, header: &[&str], align: &[Align], rows: &[Vec<String>
     }
 }
 
+/// The refresh dates and the usage-by-model table that follow the timeline.
+fn usage_text(out: &mut String, e: &Explanation<String>, at: &str) {
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "allowance last refreshed {}, next refresh {}",
+        e.last_refresh_at
+            .map_or_else(|| "never".to_string(), |at| instant(&at)),
+        e.next_refresh_at
+            .map_or_else(|| "through billing".to_string(), |at| instant(&at)),
+    );
+    out.push('\n');
+    if e.usage.rows.is_empty() {
+        let _ = writeln!(out, "usage by model up to {at}: none");
+        return;
+    }
+    let _ = writeln!(out, "usage by model up to {at} (net of refunds):");
+    let mut rows: Vec<Vec<String>> = e
+        .usage
+        .rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.key.clone(),
+                row.runs.to_string(),
+                row.credits.to_string(),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "total".to_string(),
+        e.usage.total.runs.to_string(),
+        e.usage.total.credits.to_string(),
+    ]);
+    table(
+        out,
+        &["MODEL", "RUNS", "CREDITS"],
+        &[Align::Left, Align::Right, Align::Right],
+        &rows,
+    );
+}
+
 fn live_text(live: bool) -> String {
     if live { "live" } else { "expired" }.to_string()
 }
 
 /// The table `ledger explain` prints without `--json`: the plan, the timeline with the
-/// credits available after each event, the buckets as of `at`, what is due and the models
+/// credits available after each event, the refresh dates and usage by model, the buckets as of `at`, what is due and the models
 /// that could not run. Plain text, no colours.
 pub fn render_text(explanation: &Explanation<String>) -> String {
     let e = explanation;
@@ -350,6 +392,7 @@ pub fn render_text(explanation: &Explanation<String>) -> String {
         ],
         &rows,
     );
+    usage_text(&mut out, e, &at);
 
     out.push('\n');
     let b = &e.balance;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod clock;
 pub mod explain_text;
 pub mod export;
+pub mod insight;
 pub mod ledger;
 pub mod metrics;
 pub mod pages;

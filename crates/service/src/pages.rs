@@ -1,7 +1,9 @@
 //! Reading the store page by page: the one loop every reader of a stream or of the global
 //! order uses, so paging, decoding and "the stream is corrupt" are written once.
 
-use ledger_domain::envelope::{Envelope, RawEnvelope};
+use ledger_domain::envelope::{Envelope, RawEnvelope, SlimEnvelope};
+use ledger_domain::events::Event;
+use ledger_domain::Instant;
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
 
 use crate::ledger::CommandError;
@@ -20,6 +22,54 @@ pub async fn read_stream_pages(
     from_version: u64,
     mut visit: impl FnMut(&RecordedEvent, RawEnvelope, Envelope) -> Result<bool, String>,
 ) -> Result<(), CommandError> {
+    read_stream_decoded(
+        store,
+        stream,
+        from_version,
+        |recorded| {
+            let mut raw = RawEnvelope::parse(&recorded.payload).map_err(|err| err.to_string())?;
+            // The store assigns positions; payloads do not carry them.
+            raw.position = Some(recorded.position);
+            let envelope = raw.decode().map_err(|err| err.to_string())?;
+            Ok((raw, envelope))
+        },
+        |recorded, (raw, envelope)| visit(recorded, raw, envelope),
+    )
+    .await
+}
+
+/// Reads `stream` as [`read_stream_pages`] does, but decodes only what a fold needs: each
+/// event's `occurred_at` and the event (old versions upcast), never the whole envelope.
+pub async fn read_stream_events(
+    store: &dyn EventStore,
+    stream: &str,
+    mut visit: impl FnMut(Instant, Event) -> bool,
+) -> Result<(), CommandError> {
+    read_stream_decoded(
+        store,
+        stream,
+        1,
+        |recorded| {
+            let slim = SlimEnvelope::parse(&recorded.payload).map_err(|err| err.to_string())?;
+            let occurred_at: Instant = slim
+                .occurred_at
+                .parse()
+                .map_err(|err| format!("bad occurred_at: {err}"))?;
+            Ok((occurred_at, slim.event().map_err(|err| err.to_string())?))
+        },
+        |_, (occurred_at, event)| Ok(visit(occurred_at, event)),
+    )
+    .await
+}
+
+/// The one paging loop over a stream: `decode` each stored event, then `visit` it.
+async fn read_stream_decoded<T>(
+    store: &dyn EventStore,
+    stream: &str,
+    from_version: u64,
+    decode: impl Fn(&RecordedEvent) -> Result<T, String>,
+    mut visit: impl FnMut(&RecordedEvent, T) -> Result<bool, String>,
+) -> Result<(), CommandError> {
     let corrupt = |message: String| CommandError::Corrupt {
         stream: stream.to_string(),
         message,
@@ -29,13 +79,9 @@ pub async fn read_stream_pages(
         let page = store.read_stream(stream, from, STREAM_PAGE).await?;
         let done = page.len() < STREAM_PAGE;
         for recorded in &page {
-            let at = |err: String| corrupt(format!("version {}: {err}", recorded.version));
-            let mut raw =
-                RawEnvelope::parse(&recorded.payload).map_err(|err| at(err.to_string()))?;
-            // The store assigns positions; payloads do not carry them.
-            raw.position = Some(recorded.position);
-            let envelope = raw.decode().map_err(|err| at(err.to_string()))?;
-            if !visit(recorded, raw, envelope).map_err(corrupt)? {
+            let decoded = decode(recorded)
+                .map_err(|err| corrupt(format!("version {}: {err}", recorded.version)))?;
+            if !visit(recorded, decoded).map_err(corrupt)? {
                 return Ok(());
             }
             from = recorded.version + 1;

@@ -1,10 +1,10 @@
 //! The account summary of SPEC section 8, rendered from the three view shapes. Commands
 //! answer from the state they just decided on; reads answer from the projections.
 
-use ledger_domain::catalog::{Catalog, Scope, Tier, TrialTerms};
-use ledger_domain::events::TrialKind;
+use ledger_domain::catalog::{Catalog, Scope, Tier};
 use ledger_domain::events::{Billing, BucketKind};
-use ledger_domain::state::{Balance, PlanState, TrialStatus, Trials, VerificationStatus};
+use ledger_domain::insight::{refresh_dates, TrialState};
+use ledger_domain::state::{Balance, PlanState, Trials, VerificationStatus};
 use ledger_domain::{Credits, Instant};
 use serde::Serialize;
 
@@ -18,6 +18,10 @@ pub struct Summary {
     pub unlimited: bool,
     pub trials: Vec<TrialSummary>,
     pub business_verification: VerificationStatus,
+    /// When the allowance was last reset or renewed.
+    pub last_refresh_at: Option<Instant>,
+    /// When the scheduler refreshes it next; `null` where billing renews it.
+    pub next_refresh_at: Option<Instant>,
     pub position: Option<u64>,
 }
 
@@ -50,13 +54,8 @@ pub struct GrantSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrialSummary {
     pub model: String,
-    pub kind: TrialKind,
-    /// Free runs for a count trial; `null` for a window.
-    pub limit: Option<u32>,
-    pub used: u32,
-    pub opened_at: Option<Instant>,
-    pub closes_at: Option<Instant>,
-    pub status: TrialStatus,
+    #[serde(flatten)]
+    pub state: TrialState,
 }
 
 /// Renders the summary as of `now`: buckets past their expiry are left out even before
@@ -70,6 +69,7 @@ pub fn summarize(
     now: Instant,
     position: Option<u64>,
 ) -> Summary {
+    let refresh = refresh_dates(plan, balance, now);
     Summary {
         account_id: account_id.to_string(),
         tier: plan.tier,
@@ -100,6 +100,8 @@ pub fn summarize(
         unlimited: plan.unlimited,
         trials: trial_summaries(catalog, trials, now),
         business_verification: plan.verification.status(),
+        last_refresh_at: refresh.last_refresh_at,
+        next_refresh_at: refresh.next_refresh_at,
         position,
     }
 }
@@ -112,12 +114,7 @@ fn trial_summaries(catalog: &Catalog, trials: &Trials, now: Instant) -> Vec<Tria
         .iter()
         .map(|(model, trial)| TrialSummary {
             model: model.clone(),
-            kind: trial.kind,
-            limit: (trial.kind == TrialKind::Runs).then_some(trial.limit),
-            used: trial.used,
-            opened_at: trial.opened_at,
-            closes_at: trial.closes_at,
-            status: trial.status(now),
+            state: TrialState::held(trial, now),
         })
         .collect();
     for model in catalog.models() {
@@ -129,15 +126,7 @@ fn trial_summaries(catalog: &Catalog, trials: &Trials, now: Instant) -> Vec<Tria
         }
         summaries.push(TrialSummary {
             model: model.id.clone(),
-            kind: terms.kind(),
-            limit: match terms {
-                TrialTerms::Runs(runs) => Some(runs),
-                TrialTerms::Window(_) => None,
-            },
-            used: 0,
-            opened_at: None,
-            closes_at: None,
-            status: TrialStatus::Unused,
+            state: TrialState::offered(terms),
         });
     }
     summaries.sort_by(|a, b| a.model.cmp(&b.model));

@@ -1,5 +1,5 @@
-//! What the service needs from the read side: the three views of an account, answered from
-//! memory, and how far they have got. The service depends only on this seam: the binary
+//! What the service needs from the read side: the three views of an account and its usage,
+//! answered from memory, and how far they have got. The service depends only on this seam: the binary
 //! wires in the projector's views (crates/cli/src/views.rs), so the admission path stays a
 //! memory lookup and the service knows no concrete read side.
 
@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ledger_domain::state::Core;
-use ledger_domain::Instant;
+use ledger_domain::usage::{UsageBy, UsageRange, UsageReport};
+use ledger_domain::{Catalog, Instant};
 
 /// How far one view has got.
 #[derive(Debug, Clone)]
@@ -24,6 +25,15 @@ pub struct ViewStatus {
 pub trait ReadModel: Send + Sync + std::fmt::Debug + 'static {
     /// The account's rows in the three views, if it exists there yet.
     fn account(&self, account_id: &str) -> Option<Core>;
+    /// The account's usage in `range` from the usage view, if it exists there yet. Reported
+    /// in place: a busy account's row is large, and a report needs only a few days of it.
+    fn usage(
+        &self,
+        account_id: &str,
+        range: &UsageRange,
+        by: UsageBy,
+        catalog: &Catalog,
+    ) -> Option<UsageReport>;
     /// The position every view has reached.
     fn position(&self) -> Option<u64>;
     /// Waits until every view has reached `position`; false on timeout.

@@ -682,10 +682,13 @@ fn the_json_field_names_are_stable() {
             "business_verification",
             "due",
             "exists",
+            "last_refresh_at",
             "models",
+            "next_refresh_at",
             "scope",
             "tier",
             "timeline",
+            "usage",
             "version"
         ]
     );
@@ -694,6 +697,9 @@ fn the_json_field_names_are_stable() {
     assert_eq!(json["billing"], "monthly");
     assert_eq!(json["scope"], "deployment");
     assert_eq!(json["business_verification"], "none");
+    // Monthly pro renews through billing: no scheduled refresh.
+    assert_eq!(json["next_refresh_at"], serde_json::Value::Null);
+    assert_eq!(keys(&json["usage"]), ["rows", "total"]);
     let entry = &json["timeline"][0];
     assert_eq!(
         keys(entry),

@@ -22,8 +22,10 @@ pub fn next_due_at(
         .min()
 }
 
-/// Everything due at or before `now`, in the order it fell due, and the core after it.
-pub(super) fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Event>, Option<Core>) {
+/// Everything due at or before `now`, in the order it fell due, and the core after it
+/// (`None` when nothing was due). `version` is the stream version the core is at. Public so
+/// that explain's history settles each point exactly as a command at that instant would.
+pub fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Event>, Option<Core>) {
     let mut events = Vec::new();
     let mut scratch: Option<Core> = None;
     // Each step removes one due item; an anniversary refresh moves the period past `now`.
@@ -39,6 +41,47 @@ pub(super) fn housekeeping(core: &Core, version: u64, now: Instant) -> (Vec<Even
         events.push(event);
     }
     (events, scratch)
+}
+
+/// When the allowance was last reset and when the scheduler will refresh it next, as seen at
+/// `now` (SPEC section 13). `next_refresh_at` is `None` where billing renews (monthly paid
+/// plans, an annual plan's last month) and when unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RefreshDates {
+    /// The start of the current allowance period: the instant its refresh, renewal or reset
+    /// took effect for the period (a billing renewal that arrives late counts from the period
+    /// it names, like the allowance itself).
+    pub last_refresh_at: Option<Instant>,
+    pub next_refresh_at: Option<Instant>,
+}
+
+/// The refresh dates of an account at `now`. A refresh already due but not yet written counts
+/// as done at `now`, as the next command would record it first: the dates never point into
+/// the past.
+pub fn refresh_dates(plan: &PlanState, balance: &Balance, now: Instant) -> RefreshDates {
+    let Some((period_start, _)) = balance.allowance().and_then(|bucket| bucket.period()) else {
+        return RefreshDates::default();
+    };
+    // The scheduler refreshes inside an annual plan's paid year only; its end is billing's.
+    let scheduled = |at: Instant| plan.tier == Tier::Free || at < plan.subscription_end;
+    match refresh_due_at(plan, balance, now) {
+        Some(due_at) if due_at <= now => {
+            let (start, end) = anniversary_period(plan.anchor_at, now);
+            let end = if plan.tier == Tier::Free {
+                end
+            } else {
+                end.min(plan.subscription_end)
+            };
+            RefreshDates {
+                last_refresh_at: Some(start),
+                next_refresh_at: Some(end).filter(|at| scheduled(*at)),
+            }
+        }
+        next => RefreshDates {
+            last_refresh_at: Some(period_start),
+            next_refresh_at: next.filter(|at| scheduled(*at)),
+        },
+    }
 }
 
 /// Something the passage of time will do to an account, and what it concerns.

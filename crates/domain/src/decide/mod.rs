@@ -26,7 +26,7 @@ use crate::time::Instant;
 
 pub use access::{check_access, Access};
 pub use holds::{HOLD_TTL_DEFAULT, HOLD_TTL_MAX};
-pub use housekeeping::next_due_at;
+pub use housekeeping::{housekeeping, next_due_at, refresh_dates, RefreshDates};
 pub use pricing::{cost_of, priced_quantity, request_quantity};
 pub use receipts::{ChargeReceipt, HoldReceipt, HoldResolutionReceipt, RefundReceipt};
 pub use validation::{valid_account_id, ID_LEN_MAX, TEXT_LEN_MAX};

@@ -11,18 +11,22 @@
 //! notes for HTTP and the CLI).
 
 mod fold;
+mod history;
 mod note;
 
 use serde::Serialize;
 
 use crate::catalog::{Catalog, Scope, Tier};
 use crate::credits::Credits;
+use crate::decide::refresh_dates;
 use crate::envelope::Envelope;
 use crate::events::*;
 use crate::state::{Account, Totals, TrialStatus, VerificationStatus};
 use crate::time::Instant;
+use crate::usage::{Usage, UsageBy, UsageRange, UsageReport};
 
 pub use crate::buckets::BucketName;
+pub use history::{history, HistoryError, HistoryFold, HistoryRange, Point, HISTORY_POINTS_MAX};
 pub use note::{ChargeOrigin, HoldOrigin, Note};
 
 use fold::{balance_at, drawn_from, due_at, model_access, running, Step};
@@ -44,6 +48,10 @@ pub struct Explanation<S = Note> {
     pub scope: Option<Scope>,
     /// `none`, `pending`, `approved` or `rejected`; `null` while the account does not exist.
     pub business_verification: Option<VerificationStatus>,
+    /// When the allowance was last reset and when the scheduler refreshes it next, as of
+    /// `at` (SPEC section 13); `null` where there is none.
+    pub last_refresh_at: Option<Instant>,
+    pub next_refresh_at: Option<Instant>,
     /// Every counted event, in version order.
     pub timeline: Vec<TimelineEntry<S>>,
     /// The buckets as of `at`.
@@ -53,6 +61,9 @@ pub struct Explanation<S = Note> {
     pub due: Vec<DueEntry<S>>,
     /// Every catalog model and whether it could run at `at`.
     pub models: Vec<ModelAccess>,
+    /// Runs and credits by model up to `at`, charges net of refunds: the usage view's fold
+    /// over the counted events.
+    pub usage: UsageReport,
 }
 
 /// One event of the timeline.
@@ -230,6 +241,8 @@ impl<S> Explanation<S> {
             billing: self.billing,
             scope: self.scope,
             business_verification: self.business_verification,
+            last_refresh_at: self.last_refresh_at,
+            next_refresh_at: self.next_refresh_at,
             timeline: self
                 .timeline
                 .into_iter()
@@ -260,6 +273,7 @@ impl<S> Explanation<S> {
                 })
                 .collect(),
             models: self.models,
+            usage: self.usage,
         }
     }
 }
@@ -278,7 +292,9 @@ pub fn explain(
     let mut account = Account::new(account_id);
     let mut timeline = Vec::new();
     let mut version = 0;
+    let mut usage = Usage::default();
     for envelope in envelopes.iter().take_while(|e| e.occurred_at <= at) {
+        usage.apply(&envelope.event, envelope.occurred_at);
         let step = Step::apply(&mut account, &envelope.event);
         version = envelope.version;
         let core = account.core.as_ref();
@@ -304,6 +320,9 @@ pub fn explain(
     // changes once the scheduler catches up.
     let (due, account) = due_at(account, catalog, at);
     let core = account.core.as_ref();
+    let refresh = core.map_or_else(Default::default, |core| {
+        refresh_dates(&core.plan, &core.balance, at)
+    });
     Explanation {
         account_id: account_id.to_string(),
         at,
@@ -313,6 +332,8 @@ pub fn explain(
         billing: core.and_then(|core| core.plan.billing),
         scope: core.map(|core| core.plan.scope),
         business_verification: core.map(|core| core.plan.verification.status()),
+        last_refresh_at: refresh.last_refresh_at,
+        next_refresh_at: refresh.next_refresh_at,
         balance: balance_at(core, at),
         due,
         models: catalog
@@ -320,6 +341,7 @@ pub fn explain(
             .iter()
             .map(|model| model_access(&account, model, at))
             .collect(),
+        usage: usage.report(&UsageRange::ALL, UsageBy::Model, catalog),
         timeline,
     }
 }

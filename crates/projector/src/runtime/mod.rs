@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as Clock};
 
 use ledger_domain::state::{Balance, PlanState, Trials};
+use ledger_domain::usage::Usage;
 use ledger_store::{EventStore, GlobalPosition};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -23,7 +24,7 @@ use crate::feeder::{feed, Feed, FeedTarget, CHUNK_EVENTS_MAX};
 use crate::handle::{ViewHandle, Views};
 use crate::metrics::{HeadPosition, ViewMetrics};
 use crate::projection::{
-    BalanceView, Projection, TierView, TrialUsageView, ViewName, ViewSelection,
+    BalanceView, Projection, TierView, TrialUsageView, UsageView, ViewName, ViewSelection,
 };
 use crate::storage::{remove_database, shadow_path, view_path, views_dir, ViewFile, WriterLock};
 use crate::worker::{
@@ -110,6 +111,7 @@ pub struct ViewHandles {
     pub balance: Option<ViewHandle<Balance>>,
     pub trial_usage: Option<ViewHandle<Trials>>,
     pub tier: Option<ViewHandle<PlanState>>,
+    pub usage: Option<ViewHandle<Usage>>,
 }
 
 impl ViewHandles {
@@ -119,11 +121,12 @@ impl ViewHandles {
             balance: self.balance.clone()?,
             trial_usage: self.trial_usage.clone()?,
             tier: self.tier.clone()?,
+            usage: self.usage.clone()?,
         })
     }
 
     pub fn metrics(&self) -> Vec<ViewMetrics> {
-        let mut metrics = Vec::with_capacity(3);
+        let mut metrics = Vec::with_capacity(ViewName::ALL.len());
         if let Some(handle) = &self.balance {
             metrics.push(handle.metrics());
         }
@@ -131,6 +134,9 @@ impl ViewHandles {
             metrics.push(handle.metrics());
         }
         if let Some(handle) = &self.tier {
+            metrics.push(handle.metrics());
+        }
+        if let Some(handle) = &self.usage {
             metrics.push(handle.metrics());
         }
         metrics
@@ -245,6 +251,7 @@ impl Projectors {
                 .contains(ViewName::TrialUsage)
                 .then(|| views.trial_usage.clone()),
             tier: which.contains(ViewName::Tier).then(|| views.tier.clone()),
+            usage: which.contains(ViewName::Usage).then(|| views.usage.clone()),
         };
         let directory = views_dir(data_dir);
         std::fs::create_dir_all(&directory)
@@ -262,6 +269,9 @@ impl Projectors {
             }
             if let Some(handle) = loading.tier {
                 loaded.push(load_view::<TierView>(&loading_dir, handle)?);
+            }
+            if let Some(handle) = loading.usage {
+                loaded.push(load_view::<UsageView>(&loading_dir, handle)?);
             }
             Ok(loaded)
         })
@@ -363,7 +373,7 @@ impl Projectors {
         &self.control.0.handles
     }
 
-    /// All three views, if this projector runs all three.
+    /// All four views, if this projector runs all four.
     pub fn views(&self) -> Option<Views> {
         self.control.0.handles.views()
     }
@@ -407,6 +417,14 @@ impl Projectors {
                     .clone()
                     .ok_or(ProjectorError::NotRunning(view))?;
                 rebuild::<TierView>(control, running, handle).await
+            }
+            ViewName::Usage => {
+                let handle = control
+                    .handles
+                    .usage
+                    .clone()
+                    .ok_or(ProjectorError::NotRunning(view))?;
+                rebuild::<UsageView>(control, running, handle).await
             }
         }
     }

@@ -245,7 +245,12 @@ impl<P: Projection> ViewWorker<P> {
                 let versioned = Arc::make_mut(slot);
                 versioned.version = account.version;
                 versioned.changed_at_position = decoded.position;
-                P::update(&mut versioned.row, &account.event, account.version);
+                P::update(
+                    &mut versioned.row,
+                    &account.event,
+                    account.version,
+                    account.occurred_at,
+                );
                 if !listed {
                     self.pending.changed.push(Arc::clone(&account.account_id));
                 }

@@ -258,6 +258,10 @@ fn check_files(data_dir: &std::path::Path, writer: &Writer) -> Result<(), TestCa
                 ViewName::Tier => {
                     prop_assert_eq!(&ledger_projection_tier::decode(json).unwrap(), &core.plan)
                 }
+                ViewName::Usage => prop_assert_eq!(
+                    &ledger_projection_usage::decode(json).unwrap(),
+                    &written.usage
+                ),
             }
         }
     }

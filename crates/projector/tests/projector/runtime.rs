@@ -159,6 +159,7 @@ async fn a_rebuild_switches_over_while_serving_and_appending_without_an_empty_mo
                 assert!(views.balance.len() >= accounts, "the balance view shrank");
                 assert!(views.tier.len() >= accounts, "the tier view shrank");
                 assert!(views.trial_usage.len() >= accounts, "the trial view shrank");
+                assert!(views.usage.len() >= accounts, "the usage view shrank");
                 reads.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -204,6 +205,11 @@ async fn a_rebuild_switches_over_while_serving_and_appending_without_an_empty_mo
         .rebuild(ViewName::TrialUsage)
         .await
         .expect("trial rebuild");
+    assert!(report.rows >= accounts);
+    let report = projectors
+        .rebuild(ViewName::Usage)
+        .await
+        .expect("usage rebuild");
     assert!(report.rows >= accounts);
 
     rebuilding.store(false, Ordering::Relaxed);

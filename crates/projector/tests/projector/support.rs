@@ -42,6 +42,8 @@ pub fn temp_dir() -> tempfile::TempDir {
 /// One account as the writer knows it.
 pub struct Written {
     pub account: Account,
+    /// The usage view's row, folded from the same events at their `occurred_at`.
+    pub usage: ledger_domain::usage::Usage,
     pub prev_hash: String,
 }
 
@@ -88,6 +90,7 @@ impl Writer {
             .entry(account_id.to_owned())
             .or_insert_with(|| Written {
                 account: Account::new(account_id),
+                usage: Default::default(),
                 prev_hash: GENESIS_HASH.to_owned(),
             });
         let decision = decide(&written.account, &self.catalog, command, self.now).ok()?;
@@ -121,6 +124,7 @@ impl Writer {
                 event_type: envelope.event.type_name().to_owned(),
                 payload,
             });
+            written.usage.apply(&envelope.event, envelope.occurred_at);
             written.account.apply(envelope.event);
         }
         Some(Append {
@@ -309,16 +313,19 @@ pub fn assert_views_equal_fold(views: &Views, writer: &Writer) {
         let tier = views.tier.get(account_id).expect("tier row");
         let balance = views.balance.get(account_id).expect("balance row");
         let trials = views.trial_usage.get(account_id).expect("trial row");
+        let usage = views.usage.get(account_id).expect("usage row");
+        assert_eq!(usage.row, written.usage, "usage of {account_id}");
         assert_eq!(tier.row, core.plan, "tier of {account_id}");
         assert_eq!(balance.row, core.balance, "balance of {account_id}");
         assert_eq!(trials.row, core.trials, "trials of {account_id}");
-        for version in [tier.version, balance.version, trials.version] {
+        for version in [tier.version, balance.version, trials.version, usage.version] {
             assert_eq!(version, written.account.version, "version of {account_id}");
         }
     }
     assert_eq!(views.balance.len(), open);
     assert_eq!(views.tier.len(), open);
     assert_eq!(views.trial_usage.len(), open);
+    assert_eq!(views.usage.len(), open);
 }
 
 /// Every row of a view file, sorted by account.

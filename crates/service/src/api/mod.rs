@@ -5,6 +5,7 @@ mod console;
 pub mod dto;
 pub mod error;
 pub mod extract;
+mod insight;
 mod routes;
 #[cfg(test)]
 mod tests;

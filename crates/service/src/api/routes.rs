@@ -17,8 +17,8 @@ use super::error::ApiError;
 use super::extract::{Caller, BODY_LIMIT_BYTES};
 use super::{
     admission, approve_verification, audit_events, capture_hold, console, dto, events, explain,
-    get_account, healthz, metrics, open_account, receipt_route, refund, reject_verification,
-    release_hold, submit_verification, summary_route, AppState,
+    get_account, healthz, insight, metrics, open_account, receipt_route, refund,
+    reject_verification, release_hold, submit_verification, summary_route, AppState,
 };
 use crate::tokens::Role;
 
@@ -106,6 +106,9 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
     route(POST, "/v1/accounts/{id}/holds/{hold_id}/release", EXECUTOR, |m| on(m, release_hold)),
     route(GET, "/v1/accounts/{id}/events", READERS, |m| on(m, events)),
     route(GET, "/v1/accounts/{id}/explain", READERS, |m| on(m, explain)),
+    route(GET, "/v1/accounts/{id}/models", ANY, |m| on(m, insight::models)),
+    route(GET, "/v1/accounts/{id}/history", READERS, |m| on(m, insight::history)),
+    route(GET, "/v1/accounts/{id}/usage", READERS, |m| on(m, insight::usage)),
     route(GET, "/v1/audit/events", FINANCE, |m| on(m, audit_events)),
     route(GET, "/healthz", PUBLIC, |m| on(m, healthz)),
     route(GET, "/metrics", PUBLIC, |m| on(m, metrics)),

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::tokens::{Role, Tokens};
 use crate::views::{ReadModel, ViewStatus};
 use ledger_domain::state::Core;
+use ledger_domain::usage::{UsageBy, UsageRange, UsageReport};
 
 /// Views stuck at one position: a wait for anything beyond it times out at once, so the
 /// tests see the 503 without sleeping for the real 2 s.
@@ -34,6 +35,16 @@ struct StuckViews {
 #[async_trait]
 impl ReadModel for StuckViews {
     fn account(&self, _account_id: &str) -> Option<Core> {
+        None
+    }
+
+    fn usage(
+        &self,
+        _account_id: &str,
+        _range: &UsageRange,
+        _by: UsageBy,
+        _catalog: &Catalog,
+    ) -> Option<UsageReport> {
         None
     }
 

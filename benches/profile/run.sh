@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# CPU per charge by stage (issue 18), counted by callgrind: instructions, not seconds, so the
+# figures repeat on a noisy shared machine. Runs `ledger serve` under valgrind, sends a fixed
+# number of 1-credit HTTP charges (spread over accounts, 8 connections kept alive), stops
+# the server, and splits the instructions its threads executed into stages:
+#   decide, evolve (folding the new events), seal and hash (envelope + SHA-256 chain),
+#   JSON (serde, both ways), store (SQLite and the writer), projectors (their threads),
+#   and the rest: HTTP (hyper, axum, tokio, allocation, logging).
+#
+#   benches/profile/run.sh                 # 2,000 charges
+#   CHARGES=5000 benches/profile/run.sh
+#   LEDGER_BIN=/path/to/ledger benches/profile/run.sh   # profile another build
+#
+# Needs valgrind (installed here if missing). The server runs about 50 times slower under
+# callgrind; that changes timing (batch sizes), not the work per charge.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CHARGES="${CHARGES:-2000}"
+ACCOUNTS="${ACCOUNTS:-50}"
+CONNECTIONS="${CONNECTIONS:-8}"
+
+log() { printf '== %s\n' "$*" >&2; }
+
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_annotate >/dev/null 2>&1; then
+    log "installing valgrind"
+    timeout 300 apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq valgrind >/dev/null
+fi
+
+if [[ -n "${LEDGER_BIN:-}" ]]; then
+    BIN="$LEDGER_BIN"
+else
+    log "building the release binary (with line tables, for symbols)"
+    timeout 3600 cargo build --release -p ledger-cli --quiet
+    BIN="${CARGO_TARGET_DIR:-target}/release/ledger"
+fi
+
+WORK="$(mktemp -d -t ledger-profile-XXXXXX)"
+SERVER_PID=""
+cleanup() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+EXECUTOR="profile-executor-token-0123456789"
+BILLING="profile-billing-token-0123456789"
+export LEDGER_TOKENS="executor=$EXECUTOR,billing=$BILLING"
+export LEDGER_LOG="${LEDGER_LOG:-warn}"
+unset LEDGER_DATA LEDGER_STORE LEDGER_LISTEN LEDGER_CATALOG
+
+log "starting $BIN serve under callgrind"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+    --separate-threads=yes --dump-instr=no \
+    "$BIN" serve --data "$WORK/data" --listen 127.0.0.1:0 >"$WORK/stdout" 2>"$WORK/stderr" &
+SERVER_PID=$!
+ADDR=""
+for _ in $(seq 1 1200); do
+    ADDR="$(sed -n 's/^listening on //p' "$WORK/stdout" | head -n1)"
+    [[ -n "$ADDR" ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/stderr" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -n "$ADDR" ]] || { log "the server did not start in 120 s"; cat "$WORK/stderr" >&2; exit 1; }
+log "listening on $ADDR; preparing $ACCOUNTS accounts, then zeroing the counters"
+
+python3 - "$ADDR" "$ACCOUNTS" "$CHARGES" "$CONNECTIONS" "$EXECUTOR" "$BILLING" "$BIN" "$SERVER_PID" <<'PY'
+import http.client, json, subprocess, sys, threading, datetime
+
+addr, accounts, charges, connections = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+executor, billing = sys.argv[5], sys.argv[6]
+pid = sys.argv[8]
+host, port = addr.rsplit(":", 1)
+
+def client():
+    return http.client.HTTPConnection(host, int(port), timeout=120)
+
+def post(conn, token, path, body, ok=(200, 201)):
+    conn.request("POST", path, json.dumps(body), {
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    text = response.read()
+    if response.status not in ok:
+        raise SystemExit(f"{path}: {response.status} {text[:200]!r}")
+
+now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+later = now + datetime.timedelta(days=30)
+iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+conn = client()
+for n in range(accounts):
+    account = f"profile-{n}"
+    post(conn, billing, "/v1/accounts", {"account_id": account})
+    post(conn, billing, f"/v1/accounts/{account}/subscription", {
+        "tier": "pro", "billing": "monthly", "period_start": iso(now),
+        "period_end": iso(later), "reference": f"sub-{account}"})
+    post(conn, billing, f"/v1/accounts/{account}/top-ups",
+         {"purchase_id": f"lot-{account}", "credits": 1_000_000_000})
+# One warm-up charge per account, so first-touch costs (account load, view rows) stay out.
+for n in range(accounts):
+    post(conn, executor, f"/v1/accounts/profile-{n}/charges", {
+        "charge_id": f"warm-{n}", "run_id": "profile", "node_id": "node-1",
+        "model": "assistant-chat"})
+subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
+
+def worker(index):
+    conn = client()
+    for i in range(index, charges, connections):
+        post(conn, executor, f"/v1/accounts/profile-{i % accounts}/charges", {
+            "charge_id": f"c-{i}", "run_id": "profile", "node_id": "node-1",
+            "model": "assistant-chat"})
+
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+for t in threads: t.start()
+for t in threads: t.join()
+PY
+
+# Let the projectors catch up on the last charges before the counters are read.
+sleep 5
+log "stopping the server (callgrind writes its counts at exit)"
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" || true
+SERVER_PID=""
+
+python3 - "$WORK" "$CHARGES" <<'PY'
+import glob, re, subprocess, sys
+
+work, charges = sys.argv[1], int(sys.argv[2])
+
+def annotate(path, inclusive):
+    out = subprocess.run(
+        ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+         "--threshold=100", path], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(.*)", line)
+        if m and ":" in m.group(2):
+            rows.append((int(m.group(1).replace(",", "")), m.group(2)))
+    total = re.search(r"([\d,]+)\s+\(100\.0%\)\s+PROGRAM TOTALS", out)
+    return rows, int(total.group(1).replace(",", "")) if total else 0
+
+def inclusive_of(rows, pattern):
+    """The largest inclusive cost among functions matching: the outermost call."""
+    return max((ir for ir, name in rows if re.search(pattern, name)), default=0)
+
+def self_of(rows, pattern):
+    return sum(ir for ir, name in rows if re.search(pattern, name))
+
+stages = dict(decide=0, evolve=0, seal=0, json=0, store=0, projectors=0, rest=0)
+# Everything before --zero was dumped separately; only the last part of each thread counts.
+files = [f for f in glob.glob(f"{work}/callgrind.out*") if not re.search(r"\.\d+-\d+$", f) or True]
+parts = {}
+for path in files:
+    m = re.search(r"callgrind\.out(?:\.(\d+))?-(\d+)$", path)
+    if not m:
+        continue
+    part, thread = int(m.group(1) or 0), int(m.group(2))
+    parts.setdefault(thread, []).append((part, path))
+for thread, dumps in parts.items():
+    path = max(dumps)[1]
+    inc, total = annotate(path, True)
+    if total == 0:
+        continue
+    own, _ = annotate(path, False)
+    if inclusive_of(inc, r"ledger_projector::"):
+        stages["projectors"] += total
+        continue
+    if inclusive_of(inc, r"ledger_store_sqlite::writer::"):
+        stages["store"] += total
+        continue
+    decide = inclusive_of(inc, r"ledger_domain::decide::decide\b")
+    evolve = inclusive_of(inc, r"ledger_domain::state::Account::apply\b")
+    seal = inclusive_of(inc, r"ledger_domain::envelope::seal\b")
+    json = self_of(own, r"serde_json::|serde::de::|serde::ser::|_serde::|Deserialize|Serialize")
+    store = self_of(own, r"sqlite3|rusqlite::|ledger_store")
+    stages["decide"] += decide
+    stages["evolve"] += evolve
+    stages["seal"] += seal
+    stages["json"] += json
+    stages["store"] += store
+    stages["rest"] += max(total - decide - evolve - seal - json - store, 0)
+
+names = {
+    "rest": "HTTP and the rest (hyper, axum, tokio, allocation, logging)",
+    "json": "JSON (serde, both ways; self cost)",
+    "decide": "decide (inclusive)",
+    "evolve": "evolve: folding the new events (inclusive)",
+    "seal": "seal and hash: envelope + SHA-256 chain (inclusive)",
+    "store": "store: SQLite and the group-commit writer",
+    "projectors": "projectors: their threads",
+}
+grand = sum(stages.values())
+print(f"CPU per charge by stage: callgrind instructions over {charges} HTTP charges")
+print()
+print("| stage | instructions per charge | share |")
+print("|---|---:|---:|")
+for key in ["rest", "json", "decide", "evolve", "seal", "store", "projectors"]:
+    print(f"| {names[key]} | {stages[key] // charges:,} | {100 * stages[key] / max(grand, 1):.1f}% |")
+print(f"| total | {grand // charges:,} | 100% |")
+PY

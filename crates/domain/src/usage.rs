@@ -1,0 +1,231 @@
+//! Usage (SPEC section 13): runs and credits per UTC day and model, charges net of refunds,
+//! trial runs counted as runs at 0 credits. The usage view holds exactly a [`Usage`] per
+//! account, folded by [`Usage::apply`]; reports are read from it, never from the stream.
+//!
+//! A refund takes its run back from the day and model of the charge it refunds (the run
+//! failed, so it was never usage), which is why the row remembers each charge until it is
+//! refunded. A captured hold is a run on the day of its capture, at the captured cost.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::admission::NodeType;
+use crate::catalog::{Catalog, ModelKind};
+use crate::credits::Credits;
+use crate::events::Event;
+use crate::time::{rfc3339, Instant};
+
+/// Runs and credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub runs: u64,
+    pub credits: Credits,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.runs = self.runs.saturating_add(other.runs);
+        self.credits = self.credits.saturating_add(other.credits);
+    }
+
+    fn take_back(&mut self, other: Tally) {
+        // Only what was added is ever taken back, so neither can go below zero.
+        debug_assert!(self.runs >= other.runs && self.credits >= other.credits);
+        self.runs = self.runs.saturating_sub(other.runs);
+        self.credits = self
+            .credits
+            .checked_sub(other.credits)
+            .unwrap_or(Credits::ZERO);
+    }
+}
+
+/// A charge not refunded (yet): where its refund would take the run back from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charged(pub NaiveDate, pub String, pub Credits);
+
+/// One account's usage: the usage view's row.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Net runs and credits by UTC day, then by model.
+    pub days: BTreeMap<NaiveDate, BTreeMap<String, Tally>>,
+    /// Charges not refunded, by `charge_id`.
+    pub charges: BTreeMap<String, Charged>,
+    /// Open holds, by `hold_id`: the model their capture is a run of.
+    pub holds: BTreeMap<String, String>,
+}
+
+impl Usage {
+    /// Folds one event that occurred at `at`.
+    pub fn apply(&mut self, event: &Event, at: Instant) {
+        let day = at.date_naive();
+        match event {
+            Event::CreditsCharged(data) => {
+                self.count(day, &data.model, data.cost);
+                self.charges.insert(
+                    data.charge_id.clone(),
+                    Charged(day, data.model.clone(), data.cost),
+                );
+            }
+            Event::ChargeRefunded(data) => {
+                // A model whose every run was refunded keeps its row at zero: support sees
+                // that it was used and given back.
+                if let Some(Charged(day, model, credits)) = self.charges.remove(&data.charge_id) {
+                    if let Some(counted) = self
+                        .days
+                        .get_mut(&day)
+                        .and_then(|models| models.get_mut(&model))
+                    {
+                        counted.take_back(Tally { runs: 1, credits });
+                    }
+                }
+            }
+            Event::HoldPlaced(data) => {
+                self.holds.insert(data.hold_id.clone(), data.model.clone());
+            }
+            Event::HoldCaptured(data) => {
+                if let Some(model) = self.holds.remove(&data.hold_id) {
+                    self.count(day, &model, data.cost);
+                }
+            }
+            Event::HoldReleased(data) => {
+                self.holds.remove(&data.hold_id);
+            }
+            Event::HoldExpired(data) => {
+                self.holds.remove(&data.hold_id);
+            }
+            Event::AccountOpened(_) => *self = Usage::default(),
+            _ => {}
+        }
+    }
+
+    fn count(&mut self, day: NaiveDate, model: &str, credits: Credits) {
+        self.days
+            .entry(day)
+            .or_default()
+            .entry(model.to_string())
+            .or_default()
+            .add(Tally { runs: 1, credits });
+    }
+
+    /// The report for `range`, grouped `by`; the catalog names each model's node type.
+    pub fn report(&self, range: &UsageRange, by: UsageBy, catalog: &Catalog) -> UsageReport {
+        let mut groups: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut total = Tally::default();
+        for (day, models) in self.days.range(range.from..range.to) {
+            for (model, tally) in models {
+                let key = match by {
+                    UsageBy::Model => model.clone(),
+                    UsageBy::Day => day.to_string(),
+                    UsageBy::NodeType => node_type_of(catalog, model).to_string(),
+                };
+                groups.entry(key).or_default().add(*tally);
+                total.add(*tally);
+            }
+        }
+        let mut rows: Vec<UsageRow> = groups
+            .into_iter()
+            .map(|(key, tally)| UsageRow {
+                key,
+                runs: tally.runs,
+                credits: tally.credits,
+            })
+            .collect();
+        // Days read best in calendar order; models and node types by what they cost.
+        if by != UsageBy::Day {
+            rows.sort_by(|a, b| b.credits.cmp(&a.credits).then_with(|| a.key.cmp(&b.key)));
+        }
+        UsageReport { rows, total }
+    }
+}
+
+/// The node type that runs a model of the catalog: what `by=node_type` groups on, since a
+/// charge records its model, not its node. A model the catalog no longer lists is `unknown`.
+pub fn node_type_of(catalog: &Catalog, model: &str) -> &'static str {
+    let Some(model) = catalog.model(model) else {
+        return "unknown";
+    };
+    match model.kind {
+        ModelKind::Image => NodeType::ImageGenerator.as_str(),
+        ModelKind::Video => NodeType::VideoGenerator.as_str(),
+        ModelKind::Music => NodeType::MusicGenerator.as_str(),
+        ModelKind::Assistant => NodeType::Assistant.as_str(),
+        ModelKind::Custom => NodeType::CustomModel.as_str(),
+    }
+}
+
+/// How a usage report groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageBy {
+    #[default]
+    Model,
+    Day,
+    NodeType,
+}
+
+/// One row of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    pub key: String,
+    pub runs: u64,
+    pub credits: Credits,
+}
+
+/// A usage report: `{"rows": [{key, runs, credits}], "total": {runs, credits}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageReport {
+    pub rows: Vec<UsageRow>,
+    pub total: Tally,
+}
+
+/// Why a usage range cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageRangeError {
+    #[error("usage is kept per UTC day: {name} ({at}) must be midnight UTC")]
+    NotMidnight { name: &'static str, at: String },
+    #[error("from ({from}) must be before to ({to})")]
+    Reversed { from: String, to: String },
+}
+
+/// The whole UTC days `[from, to)` a report covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRange {
+    from: NaiveDate,
+    to: NaiveDate,
+}
+
+impl UsageRange {
+    /// Every day there is.
+    pub const ALL: UsageRange = UsageRange {
+        from: NaiveDate::MIN,
+        to: NaiveDate::MAX,
+    };
+
+    /// `[from, to)`, both at midnight UTC and `from` before `to`.
+    pub fn new(from: Instant, to: Instant) -> Result<UsageRange, UsageRangeError> {
+        let day = |name, at: Instant| {
+            let date = at.date_naive();
+            if date.and_hms_opt(0, 0, 0).map(|midnight| midnight.and_utc()) == Some(at) {
+                Ok(date)
+            } else {
+                Err(UsageRangeError::NotMidnight {
+                    name,
+                    at: rfc3339(&at),
+                })
+            }
+        };
+        let range = UsageRange {
+            from: day("from", from)?,
+            to: day("to", to)?,
+        };
+        if range.from >= range.to {
+            return Err(UsageRangeError::Reversed {
+                from: rfc3339(&from),
+                to: rfc3339(&to),
+            });
+        }
+        Ok(range)
+    }
+}
