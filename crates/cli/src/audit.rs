@@ -6,11 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::explain_table::render_text;
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use ledger_domain::envelope::RawEnvelope;
 use ledger_domain::{Catalog, Instant};
-use ledger_service::explain_text::render_text;
 use ledger_service::{audit, export};
 
 use crate::serve::{load_catalog, open_store, read_views};

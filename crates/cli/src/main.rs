@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ledger_projector::{ViewName, ViewSelection};
 
 mod audit;
+mod explain_table;
 mod serve;
 mod store;
 mod views;

@@ -16,6 +16,16 @@ pub enum Billing {
     Annual,
 }
 
+impl Billing {
+    /// The API's name, as it serialises.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billing::Monthly => "monthly",
+            Billing::Annual => "annual",
+        }
+    }
+}
+
 /// Where a run was started: the app (canvas) or the public API. Only API runs need scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
