@@ -514,6 +514,10 @@ impl Balance {
             Event::TopUpExpired(data) => {
                 self.expire_lot(BucketKind::TopUp, &data.purchase_id, data.forfeited)
             }
+            // Revoking takes the lot out as an expiry does: its remainder leaves the ledger.
+            Event::TopUpRevoked(data) => {
+                self.expire_lot(BucketKind::TopUp, &data.purchase_id, data.revoked)
+            }
             Event::GrantAdded(data) => self.add_lot(
                 BucketKind::Grant,
                 Lot {
