@@ -378,11 +378,8 @@ async fn a_business_subscription_before_verification_is_refused_once_logged_and_
         },
     );
     logged.await;
-    let read = api
-        .get(Role::Support, "/v1/accounts/bizco")
-        .await
-        .expect(200);
-    assert_eq!(read["tier"], "free");
+    let opened = position(&last_event(api, "bizco").await);
+    assert_eq!(summary(api, "bizco", opened).await["tier"], "free");
 
     // Once verified, billing resends the event from Stripe's dashboard and it applies.
     api.post(
@@ -415,12 +412,8 @@ async fn row_subscription_created_or_updated_when_active_or_trialing_changes_the
         set(&mut event, "/data/object/status", json!(status));
         event
     };
-    delivered(
-        api,
-        &update("evt_trial", "pro_monthly", "trialing"),
-        "tier_changed",
-    )
-    .await;
+    let trial = update("evt_trial", "pro_monthly", "trialing");
+    let changed = delivered(api, &trial, "tier_changed").await;
     // The same tier and billing restated (Stripe sends .updated for many reasons).
     let restated = update("evt_restated", "pro_monthly", "active");
     delivered(api, &restated, "none").await;
@@ -429,10 +422,7 @@ async fn row_subscription_created_or_updated_when_active_or_trialing_changes_the
     let before = count(api, "rows").await;
     delivered(api, &past_due, "none").await;
     assert_eq!(count(api, "rows").await, before);
-    let read = api
-        .get(Role::Support, "/v1/accounts/rows")
-        .await
-        .expect(200);
+    let read = summary(api, "rows", position(&changed)).await;
     assert_eq!(plan_of(&read), (Some("pro"), Some("monthly")));
 }
 
