@@ -8,7 +8,8 @@
 //! (model badges, refresh dates, history, usage), `cli`
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
-//! overdraft, no double charge) and `console` (the support page in headless Chromium).
+//! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
+//! story) and `console` (the support page in headless Chromium).
 
 mod admission;
 mod cli;
@@ -27,4 +28,5 @@ mod rebuild;
 mod roles;
 mod stories;
 mod storm;
+mod stripe;
 mod support;

@@ -384,7 +384,10 @@ fn assert_closed(schema: &Value, at: &str, seen: &mut BTreeSet<String>) {
 fn openapi_request_bodies_refuse_unknown_fields_and_every_schema_compiles() {
     for (method, template) in documented_routes() {
         let op = operation(&method, &template);
-        if op.get("requestBody").is_some() {
+        // Stripe's events are Stripe's: the ledger reads a few fields and must ignore the
+        // rest, which grows with every Stripe API version.
+        let open_by_design = template == "/v1/billing/stripe";
+        if op.get("requestBody").is_some() && !open_by_design {
             let request = resolve(&op["requestBody"]);
             let schema = &request["content"]["application/json"]["schema"];
             assert!(

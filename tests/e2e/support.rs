@@ -112,6 +112,8 @@ pub struct Options {
     pub tokens: bool,
     /// `--store URL` (a shared PostgreSQL database); none: the embedded SQLite file.
     pub store: Option<String>,
+    /// `LEDGER_STRIPE_WEBHOOK_SECRETS`; none: the Stripe webhook route is off.
+    pub stripe_secrets: Option<String>,
 }
 
 impl Default for Options {
@@ -120,6 +122,7 @@ impl Default for Options {
             catalog: None,
             tokens: true,
             store: None,
+            stripe_secrets: None,
         }
     }
 }
@@ -198,6 +201,9 @@ impl Server {
         }
         if let Some(store) = &options.store {
             command.arg("--store").arg(store);
+        }
+        if let Some(secrets) = &options.stripe_secrets {
+            command.env("LEDGER_STRIPE_WEBHOOK_SECRETS", secrets);
         }
         let stderr = std::fs::OpenOptions::new()
             .create(true)

@@ -71,6 +71,14 @@ pub enum ExportFormat {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Run the HTTP API.
+    ///
+    /// Stripe: set LEDGER_STRIPE_WEBHOOK_SECRETS to the endpoint's signing secret (whsec_...;
+    /// several, comma-separated, while one is rotated) and point a Stripe webhook endpoint at
+    /// https://YOUR-HOST/v1/billing/stripe with these events enabled:
+    /// customer.subscription.created, customer.subscription.updated,
+    /// customer.subscription.deleted, invoice.paid, checkout.session.completed,
+    /// checkout.session.async_payment_succeeded and charge.refunded. Without secrets the
+    /// route answers 404.
     Serve {
         #[command(flatten)]
         store: StoreArgs,

@@ -14,6 +14,7 @@ use ledger_service::api::{router, AppState};
 use ledger_service::clock::SystemClock;
 use ledger_service::ledger::Ledger;
 use ledger_service::metrics::Metrics;
+use ledger_service::stripe::Secrets;
 use ledger_service::tokens::Tokens;
 use ledger_service::views::ReadModel;
 use ledger_store::EventStore;
@@ -179,7 +180,13 @@ pub async fn serve(
         );
         tasks.push(tokio::spawn(scheduler));
     }
-    let state = AppState::new(ledger, read_model, Arc::new(tokens), Metrics::new());
+    let stripe = std::env::var("LEDGER_STRIPE_WEBHOOK_SECRETS")
+        .ok()
+        .and_then(|spec| Secrets::parse(&spec));
+    if stripe.is_none() {
+        info!("no LEDGER_STRIPE_WEBHOOK_SECRETS: POST /v1/billing/stripe answers 404");
+    }
+    let state = AppState::new(ledger, read_model, Arc::new(tokens), Metrics::new(), stripe);
     let bound = listener.local_addr()?;
     let app = router(state);
     let stop = until_true(shutdown.clone());

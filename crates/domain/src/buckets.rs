@@ -278,6 +278,16 @@ impl Balance {
             .sum()
     }
 
+    /// Credits that open holds earmarked from one bucket.
+    pub fn held_from(&self, kind: BucketKind, id: &str) -> Credits {
+        self.open_holds
+            .values()
+            .flat_map(|hold| &hold.placed.earmarked)
+            .filter(|part| part.bucket == kind && part.id == id)
+            .map(|part| part.amount)
+            .sum()
+    }
+
     /// Credits earmarked by open holds.
     pub fn held(&self) -> Credits {
         self.open_holds.values().map(Hold::amount).sum()
@@ -502,6 +512,10 @@ impl Balance {
             ),
             Event::TopUpExpired(data) => {
                 self.expire(BucketKind::TopUp, &data.purchase_id, data.forfeited)
+            }
+            // Revoking takes the lot out as an expiry does: its remainder leaves the ledger.
+            Event::TopUpRevoked(data) => {
+                self.expire(BucketKind::TopUp, &data.purchase_id, data.revoked)
             }
             Event::GrantAdded(data) => self.add_lot(
                 BucketKind::Grant,

@@ -14,6 +14,15 @@ pub enum Command {
     ChangeSubscription(ChangeSubscription),
     RenewAllowance(RenewAllowance),
     PurchaseTopUp(PurchaseTopUp),
+    /// A top-up bought through a payment provider, recording the provider's payment so that
+    /// a refund of it can find the lot.
+    PurchasePaidTopUp(PaidTopUp),
+    /// Takes back the unspent credits of the lot a refunded payment bought.
+    RevokeTopUp(RevokeTopUp),
+    /// Billing's record of the subscription (a provider's webhook), applied only when it
+    /// changes the tier or billing and is not older than the current period: webhooks arrive
+    /// late, twice and out of order, and most of them restate what the ledger already has.
+    SyncSubscription(ChangeSubscription),
     SubmitBusinessVerification(SubmitBusinessVerification),
     ApproveBusinessVerification,
     RejectBusinessVerification {
@@ -58,6 +67,21 @@ pub struct PurchaseTopUp {
     pub purchase_id: String,
     pub credits: u64,
     pub expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidTopUp {
+    pub top_up: PurchaseTopUp,
+    /// The provider's id of the payment (Stripe: the PaymentIntent).
+    pub payment_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeTopUp {
+    /// The refunded payment (Stripe: the PaymentIntent).
+    pub payment_ref: String,
+    /// Billing's reference for the refund (Stripe: the charge).
+    pub reference: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +143,9 @@ impl Command {
             Command::ChangeSubscription(_) => "change_subscription",
             Command::RenewAllowance(_) => "renew_allowance",
             Command::PurchaseTopUp(_) => "purchase_top_up",
+            Command::PurchasePaidTopUp(_) => "purchase_paid_top_up",
+            Command::RevokeTopUp(_) => "revoke_top_up",
+            Command::SyncSubscription(_) => "sync_subscription",
             Command::SubmitBusinessVerification(_) => "submit_business_verification",
             Command::ApproveBusinessVerification => "approve_business_verification",
             Command::RejectBusinessVerification { .. } => "reject_business_verification",
@@ -139,15 +166,19 @@ impl Command {
     pub fn has_caller_id(&self) -> bool {
         match self {
             Command::ChangeSubscription(_)
+            | Command::SyncSubscription(_)
             | Command::RenewAllowance(_)
             | Command::PurchaseTopUp(_)
+            | Command::PurchasePaidTopUp(_)
             | Command::AddGrant(_)
             | Command::Charge(_)
             | Command::RefundCharge { .. }
             | Command::PlaceHold(_)
             | Command::CaptureHold(_)
             | Command::ReleaseHold { .. } => true,
+            // A revocation answers from the lot as it stands, which can change (it expires).
             Command::OpenAccount
+            | Command::RevokeTopUp(_)
             | Command::SubmitBusinessVerification(_)
             | Command::ApproveBusinessVerification
             | Command::RejectBusinessVerification { .. }
@@ -161,9 +192,13 @@ impl Command {
         let at = crate::time::rfc3339(&now);
         match self {
             Command::OpenAccount => "open".into(),
-            Command::ChangeSubscription(c) => format!("subscription:{}", c.reference),
+            Command::ChangeSubscription(c) | Command::SyncSubscription(c) => {
+                format!("subscription:{}", c.reference)
+            }
             Command::RenewAllowance(c) => format!("renewal:{}", c.invoice_id),
             Command::PurchaseTopUp(c) => format!("top-up:{}", c.purchase_id),
+            Command::PurchasePaidTopUp(c) => format!("top-up:{}", c.top_up.purchase_id),
+            Command::RevokeTopUp(c) => format!("revoke:{}", c.payment_ref),
             Command::SubmitBusinessVerification(_) => format!("verification-submitted:{at}"),
             Command::ApproveBusinessVerification => format!("verification-approved:{at}"),
             Command::RejectBusinessVerification { .. } => format!("verification-rejected:{at}"),

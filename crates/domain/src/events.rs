@@ -166,6 +166,30 @@ pub struct TopUpPurchased {
     /// purchase), so a retry is compared with the body as it was sent (v2; `None` in events
     /// upcast from v1, which did not record it).
     pub expires_at_requested: Option<bool>,
+    /// The payment provider's id of the payment that bought the lot (Stripe: the
+    /// PaymentIntent), so that a refund of that payment finds the lot (v3; `None` for
+    /// purchases sent without one, and in events upcast from v1 and v2).
+    pub payment_ref: Option<String>,
+}
+
+/// A top-up lot taken back because the payment that bought it was refunded: what was left
+/// of it leaves the ledger, and what had been spent stays spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopUpRevoked {
+    pub purchase_id: String,
+    /// The refunded payment (Stripe: the PaymentIntent).
+    pub payment_ref: String,
+    /// Billing's reference for the refund (Stripe: the refunded charge).
+    pub reference: String,
+    /// The credits the lot was bought with.
+    pub credits: Credits,
+    /// The lot's unspent remainder, removed (counted as forfeited in the totals).
+    pub revoked: Credits,
+    /// Credits of the lot earmarked by open holds: forfeited when the holds give them back.
+    pub held: Credits,
+    /// Credits of the lot already charged (net of refunds): `credits - revoked - held`.
+    pub spent: Credits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,7 +411,7 @@ events! {
     BusinessVerificationApproved(BusinessVerificationApproved) = "business_verification_approved" v 1,
     BusinessVerificationRejected(BusinessVerificationRejected) = "business_verification_rejected" v 1,
     AllowanceRenewed(AllowanceRenewed) = "allowance_renewed" v 1,
-    TopUpPurchased(TopUpPurchased) = "top_up_purchased" v 2,
+    TopUpPurchased(TopUpPurchased) = "top_up_purchased" v 3,
     TopUpExpired(TopUpExpired) = "top_up_expired" v 1,
     GrantAdded(GrantAdded) = "grant_added" v 1,
     GrantExpired(GrantExpired) = "grant_expired" v 1,
@@ -401,6 +425,7 @@ events! {
     HoldCaptured(HoldCaptured) = "hold_captured" v 1,
     HoldReleased(HoldReleased) = "hold_released" v 1,
     HoldExpired(HoldExpired) = "hold_expired" v 1,
+    TopUpRevoked(TopUpRevoked) = "top_up_revoked" v 1,
 }
 
 /// An event that could not be read.

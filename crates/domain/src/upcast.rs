@@ -47,6 +47,10 @@ fn upcast_once(type_name: &str, version: u32, value: Value) -> Result<Value, Dec
                 Value::Null
             })
         }
+        ("top_up_purchased", 2) => {
+            // Purchases before v3 did not record the payment that bought them.
+            add_field(value, "top_up_purchased", "payment_ref", |_| Value::Null)
+        }
         _ => Err(DecodeError::UnknownVersion {
             type_name: type_name.to_string(),
             version,

@@ -87,6 +87,8 @@ enum Op {
         amount: Option<u32>,
     },
     Release(u8),
+    /// A refund of the payment that bought top-up `p{id}` (odd ids are bought with one).
+    Revoke(u8),
     Tick,
 }
 
@@ -108,6 +110,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(id, model, amount, ttl_m)| Op::Hold { id, model, amount, ttl_m }),
         2 => (0u8..6, prop::option::of(0u32..120)).prop_map(|(id, amount)| Op::Capture { id, amount }),
         1 => (0u8..6).prop_map(Op::Release),
+        1 => (0u8..5).prop_map(Op::Revoke),
         1 => Just(Op::Tick),
     ]
 }
@@ -154,11 +157,21 @@ fn to_command(op: &Op, now: Instant, core: Option<&Core>) -> Command {
             id,
             credits,
             expires_h,
-        } => Command::PurchaseTopUp(PurchaseTopUp {
-            purchase_id: format!("p{id}"),
-            credits: *credits,
-            expires_at: expires_h.map(hours),
-        }),
+        } => {
+            let top_up = PurchaseTopUp {
+                purchase_id: format!("p{id}"),
+                credits: *credits,
+                expires_at: expires_h.map(hours),
+            };
+            if id % 2 == 1 {
+                Command::PurchasePaidTopUp(PaidTopUp {
+                    top_up,
+                    payment_ref: format!("pi{id}"),
+                })
+            } else {
+                Command::PurchaseTopUp(top_up)
+            }
+        }
         Op::Grant {
             id,
             credits,
@@ -249,6 +262,10 @@ fn to_command(op: &Op, now: Instant, core: Option<&Core>) -> Command {
         Op::Release(id) => Command::ReleaseHold {
             hold_id: format!("h{id}"),
         },
+        Op::Revoke(id) => Command::RevokeTopUp(RevokeTopUp {
+            payment_ref: format!("pi{id}"),
+            reference: format!("ch{id}"),
+        }),
     }
 }
 
@@ -286,6 +303,14 @@ impl Books {
             Event::TopUpPurchased(e) => self.granted += e.credits.get(),
             Event::GrantAdded(e) => self.granted += e.credits.get(),
             Event::TopUpExpired(e) => self.forfeited += e.forfeited.get(),
+            Event::TopUpRevoked(e) => {
+                assert_eq!(
+                    e.credits.get(),
+                    e.revoked.get() + e.held.get() + e.spent.get(),
+                    "a revoked lot accounts for every credit it was bought with"
+                );
+                self.forfeited += e.revoked.get();
+            }
             Event::GrantExpired(e) => self.forfeited += e.forfeited.get(),
             Event::CreditsCharged(e) => self.charged += non_unlimited(&e.drawn_from).get(),
             Event::ChargeRefunded(e) => {

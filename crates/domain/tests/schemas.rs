@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use ledger_domain::command::{
-    AddGrant, CaptureHold, ChangeSubscription, Charge, PlaceHold, PurchaseTopUp, Quantity,
-    RenewAllowance, SubmitBusinessVerification,
+    AddGrant, CaptureHold, ChangeSubscription, Charge, PaidTopUp, PlaceHold, PurchaseTopUp,
+    Quantity, RenewAllowance, RevokeTopUp, SubmitBusinessVerification,
 };
 use ledger_domain::envelope::{self, Cause, RawEnvelope, GENESIS_HASH};
 use ledger_domain::events::{Billing, BucketKind, PaidBy, RenewalSource, Via, EVENT_TYPES};
@@ -695,6 +695,42 @@ fn business_account(catalog: &Catalog) -> Stream<'_> {
     s
 }
 
+/// A top-up pack bought through a payment provider, partly spent, then refunded: the lot's
+/// remainder is revoked (SPEC section 12).
+fn refunded_account(catalog: &Catalog) -> Stream<'_> {
+    let mut s = Stream::new(catalog, "carol");
+    s.run("04-01 09:00", Command::OpenAccount, "account_opened");
+    let paid = Command::PurchasePaidTopUp(PaidTopUp {
+        top_up: PurchaseTopUp {
+            purchase_id: "cs_test_carol".into(),
+            credits: 1_000,
+            expires_at: Some(t("04-20 09:00")),
+        },
+        payment_ref: "pi_carol".into(),
+    });
+    s.run("04-01 09:05", paid, "top_up_purchased");
+    // The lot expires before the allowance, so it pays first.
+    s.run(
+        "04-02 10:00",
+        charge("c-carol", "flux-schnell", images(50)),
+        "credits_charged",
+    );
+    let revoke = Command::RevokeTopUp(RevokeTopUp {
+        payment_ref: "pi_carol".into(),
+        reference: "ch_carol".into(),
+    });
+    let events = s.run("04-03 10:00", revoke, "top_up_revoked");
+    let Event::TopUpRevoked(revoked) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (revoked.revoked, revoked.spent),
+        (Credits::new(900), Credits::new(100))
+    );
+    assert_eq!(s.available("04-03 10:00"), Credits::new(500));
+    s
+}
+
 // ---------------------------------------------------------------------------------------------
 // What the domain writes matches the schemas
 // ---------------------------------------------------------------------------------------------
@@ -703,7 +739,11 @@ fn business_account(catalog: &Catalog) -> Stream<'_> {
 fn every_event_the_domain_writes_matches_its_schema() {
     let schemas = Schemas::load();
     let catalog = Catalog::shipped();
-    let streams = [free_account(&catalog), business_account(&catalog)];
+    let streams = [
+        free_account(&catalog),
+        business_account(&catalog),
+        refunded_account(&catalog),
+    ];
 
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut validated = 0;
@@ -1253,6 +1293,51 @@ fn fixture_events_v1_validates_chains_upcasts_and_folds() {
         net,
         core.total_in_buckets().get(),
         "totals balance the buckets"
+    );
+}
+
+/// `events_v2_top_ups.jsonl`: written when `top_up_purchased` was at schema version 2 (no
+/// `payment_ref`).
+const EVENTS_V2_TOP_UPS_SHA256: &str =
+    "24d71622d3587a08e5b3e364602420bf90812a78a80e1dec0efbe92042ad4d19";
+
+#[test]
+fn fixture_events_v2_top_ups_upcast_to_purchases_without_a_payment() {
+    let schemas = Schemas::load();
+    let bytes = read_fixture("events_v2_top_ups.jsonl");
+    assert_eq!(
+        hex::encode(Sha256::digest(bytes.as_bytes())),
+        EVENTS_V2_TOP_UPS_SHA256,
+        "events_v2_top_ups.jsonl was modified"
+    );
+    let mut account = Account::new("acme-topups-0007");
+    let mut prev_hash = GENESIS_HASH.to_string();
+    for line in bytes.lines() {
+        let (type_name, version) = schemas.assert_stored_valid(line.as_bytes());
+        let raw = RawEnvelope::parse(line.as_bytes()).expect("fixture line parses");
+        assert_eq!(raw.prev_hash, prev_hash, "{type_name}: chain link");
+        assert_eq!(raw.computed_hash(), raw.hash, "{type_name}: hash");
+        prev_hash = raw.hash.clone();
+        let event = raw.decode().expect("fixture line decodes").event;
+        schemas.assert_valid(
+            &data_schema_file(&type_name, event.schema_version()),
+            &event.data_json(),
+        );
+        if let Event::TopUpPurchased(purchase) = &event {
+            assert_eq!(version, 2, "the fixture's purchases are v2");
+            assert_eq!(purchase.payment_ref, None, "v2 knew no payment");
+            assert!(purchase.expires_at_requested.is_some(), "v2 fields survive");
+        }
+        account.evolve(&event);
+    }
+    let core = account
+        .core
+        .as_ref()
+        .expect("the fixture opens the account");
+    assert_eq!(core.balance.of_kind(BucketKind::TopUp).count(), 2);
+    assert_eq!(
+        core.available(at("2025-09-04T00:00:00Z")),
+        Credits::new(3_250)
     );
 }
 

@@ -135,6 +135,10 @@ pub fn summary(note: &Note) -> String {
             instant(&d.expired_at),
             d.forfeited
         ),
+        Event::TopUpRevoked(d) => format!(
+            "top-up {} revoked: payment {} refunded ({}), {} unspent taken back, {} spent, {} on hold",
+            d.purchase_id, d.payment_ref, d.reference, d.revoked, d.spent, d.held
+        ),
         Event::GrantAdded(d) => format!(
             "grant {} of {} ({}), {}",
             d.grant_id,

@@ -124,6 +124,7 @@ fn only_account_opened_creates_a_row() {
         credits: credits(100),
         expires_at: at("2026-03-01T00:00:00Z"),
         expires_at_requested: Some(true),
+        payment_ref: None,
     });
     assert_eq!(create(&top_up), None);
     let mut view = None;

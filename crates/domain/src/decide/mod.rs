@@ -5,6 +5,7 @@
 //! list, receipts) each have one module.
 
 mod access;
+mod billing;
 mod holds;
 mod housekeeping;
 mod plan;
@@ -120,7 +121,10 @@ pub fn decide(
         Command::Tick => Ok(Decision::new(Vec::new(), Reply::Ticked)),
         Command::ChangeSubscription(c) => ctx.change_subscription(c),
         Command::RenewAllowance(c) => ctx.renew_allowance(c),
-        Command::PurchaseTopUp(c) => ctx.purchase_top_up(c),
+        Command::PurchaseTopUp(c) => ctx.purchase_top_up(c, None),
+        Command::PurchasePaidTopUp(c) => ctx.purchase_top_up(&c.top_up, Some(&c.payment_ref)),
+        Command::RevokeTopUp(c) => ctx.revoke_top_up(c),
+        Command::SyncSubscription(c) => ctx.sync_subscription(c),
         Command::AddGrant(c) => ctx.add_grant(c),
         Command::SubmitBusinessVerification(c) => ctx.submit_verification(c),
         Command::ApproveBusinessVerification => ctx.approve_verification(),

@@ -8,8 +8,16 @@ use super::validation::{check_amount, check_id, check_text};
 use super::{Ctx, Decision, Reply};
 
 impl Ctx<'_> {
-    pub(super) fn purchase_top_up(&self, c: &PurchaseTopUp) -> Result<Decision, Rejection> {
+    /// A top-up; `payment_ref` names the provider's payment that bought it, if any.
+    pub(super) fn purchase_top_up(
+        &self,
+        c: &PurchaseTopUp,
+        payment_ref: Option<&str>,
+    ) -> Result<Decision, Rejection> {
         check_id("purchase_id", &c.purchase_id)?;
+        if let Some(payment_ref) = payment_ref {
+            check_id("payment_ref", payment_ref)?;
+        }
         if let Some(recorded) = self.account.records.purchases.get(&c.purchase_id) {
             let previous = &recorded.event;
             // Compared as sent: leaving out an `expires_at` that was sent, or sending one
@@ -19,7 +27,9 @@ impl Ctx<'_> {
                 (Some(true), None) | (Some(false), Some(_)) => false,
                 (Some(false), None) | (None, None) => true,
             };
-            let same = previous.credits.get() == c.credits && same_expiry;
+            let same = previous.credits.get() == c.credits
+                && same_expiry
+                && previous.payment_ref.as_deref() == payment_ref;
             return self
                 .summary_replay(same, &c.purchase_id, recorded.version)
                 .map(|mut d| {
@@ -44,6 +54,7 @@ impl Ctx<'_> {
             credits,
             expires_at,
             expires_at_requested: Some(c.expires_at.is_some()),
+            payment_ref: payment_ref.map(str::to_string),
         };
         Ok(Decision::summary(event.into(), true))
     }

@@ -57,6 +57,10 @@ enum Op {
     Release {
         back: u8,
     },
+    /// A refund of the payment that bought the top-up `back` ops ago.
+    Revoke {
+        back: u8,
+    },
     Tick,
 }
 
@@ -79,6 +83,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(model, amount, ttl_m)| Op::Hold { model, amount, ttl_m }),
         2 => (0u8..8, prop::option::of(0u32..60)).prop_map(|(back, amount)| Op::Capture { back, amount }),
         1 => (0u8..8).prop_map(|back| Op::Release { back }),
+        1 => (0u8..12).prop_map(|back| Op::Revoke { back }),
         1 => Just(Op::Tick),
     ]
 }
@@ -128,10 +133,14 @@ fn to_command(writer: &Writer, index: usize, op: &Op) -> Command {
                 via: if *api { Via::Api } else { Via::App },
             })
         }
-        Op::TopUp { credits, expires_h } => Command::PurchaseTopUp(PurchaseTopUp {
-            purchase_id: format!("p{index}"),
-            credits: *credits,
-            expires_at: expires_h.map(hours),
+        // Every top-up is paid, so that a later refund can revoke it.
+        Op::TopUp { credits, expires_h } => Command::PurchasePaidTopUp(PaidTopUp {
+            top_up: PurchaseTopUp {
+                purchase_id: format!("p{index}"),
+                credits: *credits,
+                expires_at: expires_h.map(hours),
+            },
+            payment_ref: format!("pi{index}"),
         }),
         Op::Grant { credits, expires_h } => Command::AddGrant(AddGrant {
             grant_id: format!("g{index}"),
@@ -205,6 +214,10 @@ fn to_command(writer: &Writer, index: usize, op: &Op) -> Command {
                 images: Some(1 + amount % 4),
                 seconds: None,
             }),
+        }),
+        Op::Revoke { back: offset } => Command::RevokeTopUp(RevokeTopUp {
+            payment_ref: format!("pi{}", back(*offset)),
+            reference: format!("ch{index}"),
         }),
         Op::Release { back: offset } => Command::ReleaseHold {
             hold_id: format!("h{}", back(*offset)),

@@ -54,6 +54,8 @@ pub struct App {
     pub views: Arc<dyn ReadModel>,
     pub tokens: Arc<Tokens>,
     pub metrics: Metrics,
+    /// Stripe's webhook secrets; `None` turns `POST /v1/billing/stripe` off.
+    pub stripe: Option<crate::stripe::Secrets>,
 }
 
 impl AppState {
@@ -62,12 +64,14 @@ impl AppState {
         views: Arc<dyn ReadModel>,
         tokens: Arc<Tokens>,
         metrics: Metrics,
+        stripe: Option<crate::stripe::Secrets>,
     ) -> AppState {
         AppState(Arc::new(App {
             ledger,
             views,
             tokens,
             metrics,
+            stripe,
         }))
     }
 }

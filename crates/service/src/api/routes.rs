@@ -110,6 +110,8 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
     route(GET, "/v1/accounts/{id}/history", READERS, |m| on(m, insight::history)),
     route(GET, "/v1/accounts/{id}/usage", READERS, |m| on(m, insight::usage)),
     route(GET, "/v1/audit/events", FINANCE, |m| on(m, audit_events)),
+    // Stripe's deliveries carry no token: the Stripe-Signature header authenticates them.
+    route(POST, "/v1/billing/stripe", PUBLIC, |m| on(m, crate::stripe::webhook)),
     route(GET, "/healthz", PUBLIC, |m| on(m, healthz)),
     route(GET, "/metrics", PUBLIC, |m| on(m, metrics)),
     // The support console (SPEC section 15): public, because the page itself asks for a token
