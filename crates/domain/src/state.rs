@@ -523,46 +523,31 @@ pub(crate) fn resolved_hold_id(event: &Event) -> Option<&str> {
     }
 }
 
+/// Keeps an event under the caller's id, with the version it was written at.
+fn keep<T>(map: &mut IdMap<Recorded<T>>, id: String, event: T, version: u64) {
+    map.insert(id, Recorded { event, version });
+}
+
 fn evolve_records(records: &mut Records, closing: Option<Hold>, event: Event, version: u64) {
     match event {
-        Event::TierChanged(data) => {
-            records.references.insert(
-                data.reference.clone(),
-                Recorded {
-                    event: data,
-                    version,
-                },
-            );
-        }
+        Event::TierChanged(data) => keep(
+            &mut records.references,
+            data.reference.clone(),
+            data,
+            version,
+        ),
         Event::AllowanceRenewed(data) => {
             if let Some(invoice_id) = data.invoice_id.clone() {
-                records.invoices.insert(
-                    invoice_id,
-                    Recorded {
-                        event: data,
-                        version,
-                    },
-                );
+                keep(&mut records.invoices, invoice_id, data, version);
             }
         }
-        Event::TopUpPurchased(data) => {
-            records.purchases.insert(
-                data.purchase_id.clone(),
-                Recorded {
-                    event: data,
-                    version,
-                },
-            );
-        }
-        Event::GrantAdded(data) => {
-            records.grants.insert(
-                data.grant_id.clone(),
-                Recorded {
-                    event: data,
-                    version,
-                },
-            );
-        }
+        Event::TopUpPurchased(data) => keep(
+            &mut records.purchases,
+            data.purchase_id.clone(),
+            data,
+            version,
+        ),
+        Event::GrantAdded(data) => keep(&mut records.grants, data.grant_id.clone(), data, version),
         Event::BusinessVerificationSubmitted(_) => records.verification_submitted_version = version,
         Event::BusinessVerificationApproved(_) | Event::BusinessVerificationRejected(_) => {
             records.verification_decided_version = version
