@@ -325,7 +325,10 @@ fn receipt_response(outcome: &Outcome, created: bool) -> Response {
         Reply::HoldPlaced(receipt) => serde_json::to_value(receipt),
         Reply::HoldResolved(receipt) => serde_json::to_value(receipt),
         Reply::Refunded(receipt) => serde_json::to_value(receipt),
-        Reply::Summary { .. } | Reply::Verification { .. } | Reply::Ticked => Ok(json!({})),
+        Reply::Summary { .. }
+        | Reply::Verification { .. }
+        | Reply::Ticked
+        | Reply::AlertsConfigured => Ok(json!({})),
     };
     // Receipts are plain data: serialising them cannot fail.
     let body = with_position(receipt.unwrap_or_else(|_| json!({})), outcome.position);
