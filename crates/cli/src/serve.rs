@@ -21,8 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::views;
+use crate::{alerts, views};
 use ledger_projector::{ViewName, ViewSelection};
+use ledger_service::alerts::guard::Guard;
 
 use crate::{ProjectorMode, StoreArgs};
 
@@ -106,7 +107,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     receiver
 }
 
-async fn until_true(mut receiver: watch::Receiver<bool>) {
+pub(crate) async fn until_true(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stop| *stop).await;
 }
 
@@ -171,6 +172,7 @@ pub async fn serve(
         ),
     };
     let mut tasks = background;
+    let mut outbox = None;
     if mode == ProjectorMode::Embedded && scheduler {
         let scheduler = ledger_service::scheduler::run(
             ledger.clone(),
@@ -178,8 +180,23 @@ pub async fn serve(
             until_true(shutdown.clone()),
         );
         tasks.push(tokio::spawn(scheduler));
+        // Alerts run where the scheduler runs: one node per cluster, so a receiver is not
+        // sent each notification once per node.
+        outbox = Some(alerts::start(
+            &store_args.data,
+            store.clone(),
+            &shutdown,
+            &mut tasks,
+        )?);
     }
-    let state = AppState::new(ledger, read_model, Arc::new(tokens), Metrics::new());
+    let state = AppState::with_alerts(
+        ledger,
+        read_model,
+        Arc::new(tokens),
+        Metrics::new(),
+        outbox.map(|outbox| outbox as Arc<dyn ledger_service::alerts::Outbox>),
+        Guard::from_env(),
+    );
     let bound = listener.local_addr()?;
     let app = router(state);
     let stop = until_true(shutdown.clone());
