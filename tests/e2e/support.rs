@@ -112,6 +112,8 @@ pub struct Options {
     pub tokens: bool,
     /// `--store URL` (a shared PostgreSQL database); none: the embedded SQLite file.
     pub store: Option<String>,
+    /// Extra environment variables for the server (alert delivery settings).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -120,6 +122,7 @@ impl Default for Options {
             catalog: None,
             tokens: true,
             store: None,
+            env: Vec::new(),
         }
     }
 }
@@ -199,6 +202,7 @@ impl Server {
         if let Some(store) = &options.store {
             command.arg("--store").arg(store);
         }
+        command.envs(options.env.iter().map(|(name, value)| (name, value)));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
