@@ -58,6 +58,8 @@ enum Op {
         back: u8,
     },
     Tick,
+    /// Alert settings: no view folds them, and every view must pass them by unchanged.
+    Alerts(u8),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -80,6 +82,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (0u8..8, prop::option::of(0u32..60)).prop_map(|(back, amount)| Op::Capture { back, amount }),
         1 => (0u8..8).prop_map(|back| Op::Release { back }),
         1 => Just(Op::Tick),
+        1 => (1u8..8).prop_map(Op::Alerts),
     ]
 }
 
@@ -209,6 +212,10 @@ fn to_command(writer: &Writer, index: usize, op: &Op) -> Command {
         Op::Release { back: offset } => Command::ReleaseHold {
             hold_id: format!("h{}", back(*offset)),
         },
+        Op::Alerts(n) => Command::ConfigureAlerts(ledger_domain::alerts::ConfigureAlerts {
+            low_balance: vec![u64::from(*n) * 100],
+            url: Some("https://hooks.example.com/ledger".into()),
+        }),
     }
 }
 
