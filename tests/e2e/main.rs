@@ -5,13 +5,15 @@
 //! Modules: `support` (the harness), `openapi` (the document against `ROUTES`), `errors`
 //! (every error code), `roles` (the role matrix), `stories` (the seeds' stories),
 //! `idempotency`, `admission`, `reads` (events, explain, audit, health, metrics), `insight`
-//! (model badges, refresh dates, history, usage), `cli`
+//! (model badges, refresh dates, history, usage), `alerts` (signed webhooks to a receiver in
+//! the test), `cli`
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
 //! story) and `console` (the support page in headless Chromium).
 
 mod admission;
+mod alerts;
 mod cli;
 mod cluster;
 mod concurrency;

@@ -235,6 +235,23 @@ fn rows() -> Vec<Row> {
             request: |_| ("/v1/accounts/m/usage?by=day".into(), None),
         },
         Row {
+            method: "PUT",
+            template: "/v1/accounts/{id}/alerts",
+            allowed: &[Billing, Admin],
+            success: 200,
+            request: |_| {
+                let body = json!({"low_balance": [100], "url": null});
+                ("/v1/accounts/m/alerts".into(), Some(body))
+            },
+        },
+        Row {
+            method: "GET",
+            template: "/v1/accounts/{id}/alerts",
+            allowed: &[Billing, Support, Admin],
+            success: 200,
+            request: |_| ("/v1/accounts/m/alerts".into(), None),
+        },
+        Row {
             method: "GET",
             template: "/v1/audit/events",
             allowed: &[Finance, Admin],
@@ -409,6 +426,7 @@ async fn every_route_admits_exactly_its_roles_and_admin() {
     );
     assert_eq!(ids("grant_added", "grant_id"), ["g-admin", "g-support"]);
     assert_eq!(of_type(&events, "hold_placed").len(), 6);
+    assert_eq!(of_type(&events, "alerts_configured").len(), 2);
     for role in [Support, Finance, Executor] {
         api.get(role, &format!("/v1/accounts/new-{}", suffix(role)))
             .await

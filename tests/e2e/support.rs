@@ -114,6 +114,8 @@ pub struct Options {
     pub store: Option<String>,
     /// `LEDGER_STRIPE_WEBHOOK_SECRETS`; none: the Stripe webhook route is off.
     pub stripe_secrets: Option<String>,
+    /// Extra environment variables for the server (alert delivery settings).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -123,6 +125,7 @@ impl Default for Options {
             tokens: true,
             store: None,
             stripe_secrets: None,
+            env: Vec::new(),
         }
     }
 }
@@ -205,6 +208,7 @@ impl Server {
         if let Some(secrets) = &options.stripe_secrets {
             command.env("LEDGER_STRIPE_WEBHOOK_SECRETS", secrets);
         }
+        command.envs(options.env.iter().map(|(name, value)| (name, value)));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

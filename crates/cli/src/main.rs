@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ledger_projector::{ViewName, ViewSelection};
 
+mod alerts;
 mod audit;
 mod explain_table;
 mod serve;

@@ -22,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::views;
+use crate::{alerts, views};
 use ledger_projector::{ViewName, ViewSelection};
+use ledger_service::alerts::guard::Guard;
 
 use crate::{ProjectorMode, StoreArgs};
 
@@ -107,7 +108,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     receiver
 }
 
-async fn until_true(mut receiver: watch::Receiver<bool>) {
+pub(crate) async fn until_true(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stop| *stop).await;
 }
 
@@ -172,6 +173,7 @@ pub async fn serve(
         ),
     };
     let mut tasks = background;
+    let mut outbox = None;
     if mode == ProjectorMode::Embedded && scheduler {
         let scheduler = ledger_service::scheduler::run(
             ledger.clone(),
@@ -179,6 +181,14 @@ pub async fn serve(
             until_true(shutdown.clone()),
         );
         tasks.push(tokio::spawn(scheduler));
+        // Alerts run where the scheduler runs: one node per cluster, so a receiver is not
+        // sent each notification once per node.
+        outbox = Some(alerts::start(
+            &store_args.data,
+            store.clone(),
+            &shutdown,
+            &mut tasks,
+        )?);
     }
     let stripe = std::env::var("LEDGER_STRIPE_WEBHOOK_SECRETS")
         .ok()
@@ -186,7 +196,15 @@ pub async fn serve(
     if stripe.is_none() {
         info!("no LEDGER_STRIPE_WEBHOOK_SECRETS: POST /v1/billing/stripe answers 404");
     }
-    let state = AppState::new(ledger, read_model, Arc::new(tokens), Metrics::new(), stripe);
+    let state = AppState::with_alerts(
+        ledger,
+        read_model,
+        Arc::new(tokens),
+        Metrics::new(),
+        stripe,
+        outbox.map(|outbox| outbox as Arc<dyn ledger_service::alerts::Outbox>),
+        Guard::from_env(),
+    );
     let bound = listener.local_addr()?;
     let app = router(state);
     let stop = until_true(shutdown.clone());

@@ -25,8 +25,8 @@ const IO_CRATES: &[&str] = &[
     "reqwest",
 ];
 
-/// Database clients: only the store adapters, and the projector for its SQLite view files,
-/// may depend on one directly.
+/// Database clients: only the store adapters, the projector for its SQLite view files and the
+/// alerts projector for its SQLite outbox may depend on one directly.
 const DATABASE_CLIENTS: &[&str] = &[
     "rusqlite",
     "kurrentdb",
@@ -42,6 +42,7 @@ const ADAPTERS: &[&str] = &[
     "ledger-store-esdb",
     "ledger-store-postgres",
     "ledger-projector",
+    "ledger-alerts",
 ];
 
 /// The longest a source file under a `src/` folder may be, in lines: about 600.
@@ -252,7 +253,9 @@ fn only_store_adapters_and_the_projector_depend_on_a_database_client() {
             .collect();
         // The projector keeps its own view files in SQLite; it reads events only through
         // the store trait.
-        let allowed = name.starts_with("ledger-store-") || name == "ledger-projector";
+        let allowed = name.starts_with("ledger-store-")
+            || name == "ledger-projector"
+            || name == "ledger-alerts";
         assert!(
             clients.is_empty() || allowed,
             "{name} depends on database clients {clients:?}"
@@ -298,6 +301,7 @@ fn no_source_file_is_much_longer_than_600_lines() {
         "crates/service",
         "crates/cli",
         "crates/projector",
+        "crates/alerts",
         "projections/balance",
         "projections/trial-usage",
         "projections/tier",

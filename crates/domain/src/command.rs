@@ -42,6 +42,7 @@ pub enum Command {
     /// Housekeeping due at the command's time: expiries, hold timeouts, window closes and
     /// anniversary refreshes. Sent by the scheduler; every other command does it too.
     Tick,
+    ConfigureAlerts(crate::alerts::ConfigureAlerts),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +157,7 @@ impl Command {
             Command::CaptureHold(_) => "capture_hold",
             Command::ReleaseHold { .. } => "release_hold",
             Command::Tick => "tick",
+            Command::ConfigureAlerts(_) => "configure_alerts",
         }
     }
 }
@@ -182,7 +184,8 @@ impl Command {
             | Command::SubmitBusinessVerification(_)
             | Command::ApproveBusinessVerification
             | Command::RejectBusinessVerification { .. }
-            | Command::Tick => false,
+            | Command::Tick
+            | Command::ConfigureAlerts(_) => false,
         }
     }
 
@@ -209,6 +212,7 @@ impl Command {
             Command::CaptureHold(c) => format!("capture:{}", c.hold_id),
             Command::ReleaseHold { hold_id } => format!("release:{hold_id}"),
             Command::Tick => format!("tick:{at}"),
+            Command::ConfigureAlerts(_) => format!("alerts:{at}"),
         }
     }
 }

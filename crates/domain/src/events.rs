@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alerts::AlertsConfigured;
 use crate::catalog::{PriceUnit, Scope, Tier};
 use crate::credits::Credits;
 use crate::time::Instant;
@@ -426,6 +427,7 @@ events! {
     HoldReleased(HoldReleased) = "hold_released" v 1,
     HoldExpired(HoldExpired) = "hold_expired" v 1,
     TopUpRevoked(TopUpRevoked) = "top_up_revoked" v 1,
+    AlertsConfigured(AlertsConfigured) = "alerts_configured" v 1,
 }
 
 /// An event that could not be read.

@@ -3,6 +3,7 @@
 //! time is an argument, so the same inputs always give the same outputs.
 
 pub mod admission;
+pub mod alerts;
 pub mod buckets;
 pub mod catalog;
 pub mod command;

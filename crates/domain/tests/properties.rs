@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::TimeDelta;
+use ledger_domain::alerts::{AlertWatch, ConfigureAlerts};
 use ledger_domain::command::*;
 use ledger_domain::envelope::{seal, Cause, RawEnvelope, GENESIS_HASH};
 use ledger_domain::events::*;
@@ -90,6 +91,7 @@ enum Op {
     /// A refund of the payment that bought top-up `p{id}` (odd ids are bought with one).
     Revoke(u8),
     Tick,
+    Alerts(u8),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -112,6 +114,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0u8..6).prop_map(Op::Release),
         1 => (0u8..5).prop_map(Op::Revoke),
         1 => Just(Op::Tick),
+        1 => (0u8..16).prop_map(Op::Alerts),
     ]
 }
 
@@ -137,6 +140,14 @@ fn to_command(op: &Op, now: Instant, core: Option<&Core>) -> Command {
     let hours = |h: u16| now + TimeDelta::hours(i64::from(h));
     match op {
         Op::Advance(_) | Op::Tick => Command::Tick,
+        // Every fourth setting is invalid (a zero threshold), so the rejection is exercised.
+        Op::Alerts(n) => Command::ConfigureAlerts(ConfigureAlerts {
+            low_balance: match n % 4 {
+                0 => vec![0],
+                _ => vec![u64::from(*n) * 50, u64::from(*n) * 50 + 700],
+            },
+            url: (n % 2 == 0).then(|| "https://hooks.example.com/ledger".to_string()),
+        }),
         Op::Charge {
             id,
             model,
@@ -418,12 +429,52 @@ fn check_invariants(account: &Account, books: &Books, now: Instant) -> Result<()
     Ok(())
 }
 
+/// The alerts fold as an auditor sees it: its balance is the account's, and after every event
+/// the thresholds it holds as crossed are exactly those the available total is below, so
+/// each crossing notifies once and only once.
+fn check_alert_watch(
+    watch: &mut Option<AlertWatch>,
+    account: &Account,
+    event: &Event,
+    now: Instant,
+) -> Result<(), TestCaseError> {
+    let Some(watch) = watch.as_mut() else {
+        *watch = AlertWatch::create(event);
+        return Ok(());
+    };
+    let notified = watch.apply(event, account.version, now);
+    let core = account.core.as_ref().expect("an open account");
+    prop_assert_eq!(&watch.balance, &core.balance);
+    prop_assert_eq!(watch.unlimited, core.plan.unlimited);
+    let Some(config) = watch.config.as_ref().filter(|_| !watch.unlimited) else {
+        return Ok(());
+    };
+    let available = core.balance.available(now);
+    let below: std::collections::BTreeSet<Credits> = config
+        .low_balance
+        .iter()
+        .copied()
+        .filter(|threshold| available < *threshold)
+        .collect();
+    prop_assert_eq!(&watch.below, &below);
+    let mut keys: Vec<&str> = notified.iter().map(|n| n.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    prop_assert_eq!(
+        keys.len(),
+        notified.len(),
+        "one notification per key and event"
+    );
+    Ok(())
+}
+
 fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
     let mut now: Instant = "2026-01-31T08:00:00Z".parse().unwrap();
     let mut account = Account::new("prop");
     let mut history: Vec<Event> = Vec::new();
     let mut books = Books::default();
     let mut prev_hash = GENESIS_HASH.to_string();
+    let mut watch: Option<AlertWatch> = None;
     let opened = decide(&account, catalog, &Command::OpenAccount, now).unwrap();
     let mut apply = |account: &mut Account,
                      events: Vec<Event>,
@@ -453,6 +504,7 @@ fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
                 check_draws(core, &envelope.event, now)?;
             }
             account.evolve(&envelope.event);
+            check_alert_watch(&mut watch, account, &envelope.event, now)?;
             books.record(&envelope.event);
             history.push(envelope.event);
         }

@@ -12,6 +12,7 @@ use jsonschema::Validator;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use ledger_domain::alerts::ConfigureAlerts;
 use ledger_domain::command::{
     AddGrant, CaptureHold, ChangeSubscription, Charge, PaidTopUp, PlaceHold, PurchaseTopUp,
     Quantity, RenewAllowance, RevokeTopUp, SubmitBusinessVerification,
@@ -399,6 +400,14 @@ fn submit_verification(company_name: &str) -> Command {
 fn free_account(catalog: &Catalog) -> Stream<'_> {
     let mut s = Stream::new(catalog, "alice");
     s.run("01-31 10:00", Command::OpenAccount, "account_opened");
+    s.run(
+        "01-31 10:01",
+        Command::ConfigureAlerts(ConfigureAlerts {
+            low_balance: vec![400, 100],
+            url: Some("https://alerts.example.com/ledger".into()),
+        }),
+        "alerts_configured",
+    );
     s.run(
         "02-01 09:00",
         charge("c-1", "flux-schnell", images(3)),
@@ -1064,6 +1073,27 @@ fn schemas_refuse_extra_missing_and_out_of_range_fields() {
         json!({}),
     );
     approved.add("/by", json!("admin"), "a field in an empty event");
+
+    let alerts = json!({"low_balance": [100, 400], "url": "https://alerts.example.com/in"});
+    let alerts = Refusals::new(&schemas, "alerts_configured.v1.json", alerts);
+    alerts.set_at(
+        "/low_balance",
+        json!([0]),
+        "/low_balance/0",
+        "a threshold of nothing",
+    );
+    alerts.set("/low_balance", json!([5, 5]), "a threshold twice");
+    alerts.set(
+        "/url",
+        json!("ftp://example.com"),
+        "a scheme that is not http(s)",
+    );
+    alerts.set(
+        "/url",
+        json!("https://user@example.com/"),
+        "credentials in the URL",
+    );
+    alerts.remove("/url", "a nullable field left out");
 }
 
 #[test]

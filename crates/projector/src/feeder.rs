@@ -7,13 +7,13 @@
 //! thread wake-up, per event and view. A chunk is sent when it is full or as soon as the
 //! subscription has nothing more ready, so chunking never delays an event.
 
-use std::future::Future;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use ledger_store::{EventStore, GlobalPosition, RecordedEvent, StoreError, Subscription};
+use ledger_store::{
+    ready_now, EventStore, GlobalPosition, RecordedEvent, StoreError, Subscription,
+};
 use tokio::sync::{watch, Semaphore};
 
 use crate::decode::{decode, Decoded};
@@ -97,17 +97,6 @@ pub(crate) async fn feed(mut feed: Feed) -> Result<(), ProjectorError> {
 enum Pumped {
     Stopped,
     Unavailable(String),
-}
-
-/// Polls `next` once: its output if it is ready now, `None` if it would wait.
-async fn ready_now<F: Future + Unpin>(next: &mut F) -> Option<F::Output> {
-    std::future::poll_fn(|context| {
-        Poll::Ready(match std::pin::Pin::new(&mut *next).poll(context) {
-            Poll::Ready(output) => Some(output),
-            Poll::Pending => None,
-        })
-    })
-    .await
 }
 
 /// Sends `chunk` to every target; `false` once one of them is gone.

@@ -236,6 +236,14 @@ pub fn summary(note: &Note) -> String {
             instant(&d.expired_at),
             returns(&d.returned, &d.forfeited)
         ),
+        Event::AlertsConfigured(d) => {
+            let thresholds: Vec<String> = d.low_balance.iter().map(ToString::to_string).collect();
+            format!(
+                "alerts set: low balance at [{}], receiver {}",
+                thresholds.join(", "),
+                d.url.as_deref().unwrap_or("none (delivery off)")
+            )
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! views, the HTTP API of SPEC section 8, bearer-token roles, metrics, audit and the
 //! scheduler, and Stripe's webhooks. Everything with IO lives here or further out; the rules live in the domain.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod clock;

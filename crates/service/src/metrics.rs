@@ -33,6 +33,11 @@ struct ViewLabels {
     view: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    status: &'static str,
+}
+
 /// The service's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,6 +51,7 @@ pub struct Metrics {
     process_threads: Gauge,
     process_open_files: Gauge,
     process_resident_bytes: Gauge,
+    alerts: Family<AlertLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,7 +126,14 @@ impl Metrics {
             "Resident memory of the ledger process",
             process_resident_bytes.clone(),
         );
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "alerts_notifications",
+            "Alert notifications in the outbox by status: pending, delivered, failed (parked)",
+            alerts.clone(),
+        );
         Metrics {
+            alerts,
             registry: Arc::new(Mutex::new(registry)),
             requests,
             latency,
@@ -149,6 +162,20 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the alerts outbox's counts for the next render.
+    pub fn set_alerts(&self, counts: crate::alerts::OutboxCounts) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for (status, count) in [
+            ("pending", counts.pending),
+            ("delivered", counts.delivered),
+            ("failed", counts.failed),
+        ] {
+            self.alerts
+                .get_or_create(&AlertLabels { status })
+                .set(gauge(count));
+        }
     }
 
     /// Renders everything in `format`, with the views' progress as of now.

@@ -123,6 +123,19 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Result<RecordedEvent, StoreError>;
 }
 
+/// Polls a subscription's `next` once: its output if an event is ready now, `None` if it would
+/// wait. Readers that batch (the projector, the alerts projector) commit when nothing more is
+/// ready and then go on awaiting the same future, since a new `next` would start its read over.
+pub async fn ready_now<F: std::future::Future + Unpin>(next: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|context| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *next).poll(context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// An append-only store of streams.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {

@@ -5,6 +5,7 @@
 //! list, receipts) each have one module.
 
 mod access;
+mod alerts;
 mod billing;
 mod holds;
 mod housekeeping;
@@ -62,6 +63,8 @@ pub enum Reply {
     HoldResolved(HoldResolutionReceipt),
     /// Housekeeping only.
     Ticked,
+    /// The alert settings were recorded.
+    AlertsConfigured,
 }
 
 impl Decision {
@@ -134,6 +137,7 @@ pub fn decide(
         Command::PlaceHold(c) => ctx.place_hold(c),
         Command::CaptureHold(c) => ctx.capture_hold(c),
         Command::ReleaseHold { hold_id } => ctx.release_hold(hold_id),
+        Command::ConfigureAlerts(c) => ctx.configure_alerts(c),
     }?;
     if !decision.replayed && !housekeeping.is_empty() {
         let mut events = housekeeping;

@@ -62,6 +62,8 @@ enum Op {
         back: u8,
     },
     Tick,
+    /// Alert settings: no view folds them, and every view must pass them by unchanged.
+    Alerts(u8),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -85,6 +87,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0u8..8).prop_map(|back| Op::Release { back }),
         1 => (0u8..12).prop_map(|back| Op::Revoke { back }),
         1 => Just(Op::Tick),
+        1 => (1u8..8).prop_map(Op::Alerts),
     ]
 }
 
@@ -222,6 +225,10 @@ fn to_command(writer: &Writer, index: usize, op: &Op) -> Command {
         Op::Release { back: offset } => Command::ReleaseHold {
             hold_id: format!("h{}", back(*offset)),
         },
+        Op::Alerts(n) => Command::ConfigureAlerts(ledger_domain::alerts::ConfigureAlerts {
+            low_balance: vec![u64::from(*n) * 100],
+            url: Some("https://hooks.example.com/ledger".into()),
+        }),
     }
 }
 

@@ -241,6 +241,23 @@ pub struct Capture {
     pub seconds: Option<u32>,
 }
 
+/// `PUT /v1/accounts/{id}/alerts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    pub low_balance: Vec<u64>,
+    pub url: Option<String>,
+}
+
+impl IntoCommand for Alerts {
+    fn into_command(self) -> Command {
+        Command::ConfigureAlerts(ledger_domain::alerts::ConfigureAlerts {
+            low_balance: self.low_balance,
+            url: self.url,
+        })
+    }
+}
+
 /// `?min_position=P` on reads.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

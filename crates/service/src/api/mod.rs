@@ -1,6 +1,7 @@
 //! The HTTP API of SPEC section 8: routes, roles, the error envelope, `position` on every
 //! command answer and `min_position` on reads, and the support console's embedded files.
 
+mod alerts;
 mod console;
 pub mod dto;
 pub mod error;
@@ -31,6 +32,8 @@ use serde_json::{json, Value};
 use self::dto::IntoCommand;
 use self::error::ApiError;
 use self::extract::{AccountId, Caller, JsonBody, QueryParams};
+use crate::alerts::guard::Guard;
+use crate::alerts::Outbox;
 use crate::ledger::{Ledger, Outcome};
 use crate::metrics::{Format as MetricsFormat, Metrics};
 use crate::summary::summarize;
@@ -38,7 +41,7 @@ use crate::tokens::Tokens;
 use crate::views::ReadModel;
 
 /// How long a read waits for the views to reach `min_position`.
-const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
 /// Events per page of the events endpoint, by default and at most.
 const EVENTS_LIMIT_DEFAULT: usize = 1_000;
 const EVENTS_LIMIT_MAX: usize = 10_000;
@@ -56,6 +59,10 @@ pub struct App {
     pub metrics: Metrics,
     /// Stripe's webhook secrets; `None` turns `POST /v1/billing/stripe` off.
     pub stripe: Option<crate::stripe::Secrets>,
+    /// The alerts outbox; `None` where this process runs no alerts projector.
+    pub alerts: Option<Arc<dyn Outbox>>,
+    /// What receiver URLs may point at.
+    pub alert_guard: Guard,
 }
 
 impl AppState {
@@ -66,12 +73,36 @@ impl AppState {
         metrics: Metrics,
         stripe: Option<crate::stripe::Secrets>,
     ) -> AppState {
+        AppState::with_alerts(
+            ledger,
+            views,
+            tokens,
+            metrics,
+            stripe,
+            None,
+            Guard::default(),
+        )
+    }
+
+    /// An app that also answers `GET .../alerts` from `alerts` and checks receiver URLs with
+    /// `alert_guard`.
+    pub fn with_alerts(
+        ledger: Ledger,
+        views: Arc<dyn ReadModel>,
+        tokens: Arc<Tokens>,
+        metrics: Metrics,
+        stripe: Option<crate::stripe::Secrets>,
+        alerts: Option<Arc<dyn Outbox>>,
+        alert_guard: Guard,
+    ) -> AppState {
         AppState(Arc::new(App {
             ledger,
             views,
             tokens,
             metrics,
             stripe,
+            alerts,
+            alert_guard,
         }))
     }
 }
@@ -329,7 +360,10 @@ fn receipt_response(outcome: &Outcome, created: bool) -> Response {
         Reply::HoldPlaced(receipt) => serde_json::to_value(receipt),
         Reply::HoldResolved(receipt) => serde_json::to_value(receipt),
         Reply::Refunded(receipt) => serde_json::to_value(receipt),
-        Reply::Summary { .. } | Reply::Verification { .. } | Reply::Ticked => Ok(json!({})),
+        Reply::Summary { .. }
+        | Reply::Verification { .. }
+        | Reply::Ticked
+        | Reply::AlertsConfigured => Ok(json!({})),
     };
     // Receipts are plain data: serialising them cannot fail.
     let body = with_position(receipt.unwrap_or_else(|_| json!({})), outcome.position);
@@ -495,6 +529,12 @@ async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let format = MetricsFormat::negotiate(accept);
+    if let Some(outbox) = app.alerts.clone() {
+        let counts = tokio::task::spawn_blocking(move || outbox.counts()).await;
+        if let Ok(Ok(counts)) = counts {
+            app.metrics.set_alerts(counts);
+        }
+    }
     let text = app.metrics.render(&app.views.status(), format);
     (
         [

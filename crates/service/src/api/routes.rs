@@ -16,8 +16,8 @@ use ledger_domain::Rejection;
 use super::error::ApiError;
 use super::extract::{Caller, BODY_LIMIT_BYTES};
 use super::{
-    admission, approve_verification, audit_events, capture_hold, console, dto, events, explain,
-    get_account, healthz, insight, metrics, open_account, receipt_route, refund,
+    admission, alerts, approve_verification, audit_events, capture_hold, console, dto, events,
+    explain, get_account, healthz, insight, metrics, open_account, receipt_route, refund,
     reject_verification, release_hold, submit_verification, summary_route, AppState,
 };
 use crate::tokens::Role;
@@ -36,6 +36,7 @@ pub enum Access {
 pub enum Verb {
     Get,
     Post,
+    Put,
 }
 
 impl Verb {
@@ -43,6 +44,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Put => "PUT",
         }
     }
 
@@ -50,6 +52,7 @@ impl Verb {
         match self {
             Verb::Get => MethodFilter::GET,
             Verb::Post => MethodFilter::POST,
+            Verb::Put => MethodFilter::PUT,
         }
     }
 }
@@ -83,8 +86,9 @@ const EXECUTOR: Access = Access::Roles(&[Role::Executor]);
 const READERS: Access = Access::Roles(&[Role::Support, Role::Finance]);
 const FINANCE: Access = Access::Roles(&[Role::Finance]);
 const ADMIN: Access = Access::Roles(&[Role::Admin]);
+const BILLING_SUPPORT: Access = Access::Roles(&[Role::Billing, Role::Support]);
 
-use Verb::{Get as GET, Post as POST};
+use Verb::{Get as GET, Post as POST, Put as PUT};
 
 /// Every route the server answers: SPEC section 8's table, with the handler beside it.
 #[rustfmt::skip]
@@ -109,6 +113,8 @@ pub const ROUTE_TABLE: &[RouteSpec] = &[
     route(GET, "/v1/accounts/{id}/models", ANY, |m| on(m, insight::models)),
     route(GET, "/v1/accounts/{id}/history", READERS, |m| on(m, insight::history)),
     route(GET, "/v1/accounts/{id}/usage", READERS, |m| on(m, insight::usage)),
+    route(PUT, "/v1/accounts/{id}/alerts", BILLING, |m| on(m, alerts::configure)),
+    route(GET, "/v1/accounts/{id}/alerts", BILLING_SUPPORT, |m| on(m, alerts::read)),
     route(GET, "/v1/audit/events", FINANCE, |m| on(m, audit_events)),
     // Stripe's deliveries carry no token: the Stripe-Signature header authenticates them.
     route(POST, "/v1/billing/stripe", PUBLIC, |m| on(m, crate::stripe::webhook)),

@@ -1,0 +1,172 @@
+//! The projector loop: one subscription from the checkpoint, events folded into each
+//! account's watch in memory, and a commit whenever the subscription has nothing more ready
+//! (or a batch is full), so a live event is in the outbox one commit after it is read.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger_domain::alerts::{notification_id, AlertWatch};
+use ledger_domain::envelope::{account_of_stream, SlimEnvelope};
+use ledger_domain::Instant;
+use ledger_store::{ready_now, EventStore, RecordedEvent, StoreError};
+use serde_json::json;
+use tracing::warn;
+
+use crate::outbox::{Batch, Row, SqliteOutbox};
+use crate::AlertsError;
+
+/// Most events folded into one transaction.
+const BATCH_EVENTS_MAX: usize = 1_024;
+/// Pause before resubscribing to an unavailable store.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+/// Follows `store` into `outbox` until `shutdown` resolves.
+pub async fn run(
+    store: Arc<dyn EventStore>,
+    outbox: Arc<SqliteOutbox>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AlertsError> {
+    let mut watches = load(&outbox).await?;
+    tokio::pin!(shutdown);
+    loop {
+        let mut subscription = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            subscribed = store.subscribe_all(outbox.checkpoint()) => subscribed?,
+        };
+        let mut batch = Batch::default();
+        let mut dirty = HashSet::new();
+        let failure = loop {
+            let mut next = subscription.next();
+            let record = match ready_now(&mut next).await {
+                Some(record) => record,
+                None => {
+                    commit(&outbox, &watches, &mut dirty, &mut batch).await?;
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        record = &mut next => record,
+                    }
+                }
+            };
+            match record {
+                Ok(record) => {
+                    if let Some(account_id) = fold(&mut watches, &mut batch, &record)? {
+                        dirty.insert(account_id);
+                    }
+                    if batch.events >= BATCH_EVENTS_MAX {
+                        commit(&outbox, &watches, &mut dirty, &mut batch).await?;
+                    }
+                }
+                Err(StoreError::Unavailable(message)) => break message,
+                Err(error) => return Err(error.into()),
+            }
+        };
+        // What was folded but not committed is folded again after the checkpoint.
+        watches = load(&outbox).await?;
+        warn!(error = %failure, "alerts projector: the store is unavailable; resubscribing");
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+        }
+    }
+}
+
+async fn load(
+    outbox: &Arc<SqliteOutbox>,
+) -> Result<HashMap<String, (u64, AlertWatch)>, AlertsError> {
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || outbox.load_watches())
+        .await
+        .map_err(|error| AlertsError::Join(error.to_string()))?
+}
+
+/// Commits what `batch` derived with the watches of the accounts it touched.
+async fn commit(
+    outbox: &Arc<SqliteOutbox>,
+    watches: &HashMap<String, (u64, AlertWatch)>,
+    dirty: &mut HashSet<String>,
+    batch: &mut Batch,
+) -> Result<(), AlertsError> {
+    if batch.position.is_none() {
+        return Ok(());
+    }
+    let mut taken = std::mem::take(batch);
+    taken.watches = dirty
+        .drain()
+        .filter_map(|account_id| {
+            let entry = watches.get(&account_id)?.clone();
+            Some((account_id, entry))
+        })
+        .collect();
+    let outbox = outbox.clone();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    tokio::task::spawn_blocking(move || outbox.commit(&taken, now_ms))
+        .await
+        .map_err(|error| AlertsError::Join(error.to_string()))?
+}
+
+/// Folds one stored event into its account's watch, adding what it notifies to `batch`;
+/// returns the account whose watch changed.
+fn fold(
+    watches: &mut HashMap<String, (u64, AlertWatch)>,
+    batch: &mut Batch,
+    record: &RecordedEvent,
+) -> Result<Option<String>, AlertsError> {
+    batch.position = Some(record.position);
+    batch.events += 1;
+    let Some(account_id) = account_of_stream(&record.stream) else {
+        return Ok(None);
+    };
+    let unreadable = |message: String| AlertsError::Decode {
+        position: record.position,
+        message,
+    };
+    let slim =
+        SlimEnvelope::parse(&record.payload).map_err(|error| unreadable(error.to_string()))?;
+    let event = slim
+        .event()
+        .map_err(|error| unreadable(error.to_string()))?;
+    let occurred_at: Instant = slim
+        .occurred_at
+        .parse()
+        .map_err(|error| unreadable(format!("bad occurred_at: {error}")))?;
+    let entry = watches.get_mut(account_id);
+    let (version, watch) = match entry {
+        // The version guard: an event already folded (a resubscription overlapping the
+        // checkpoint) changes nothing.
+        Some((version, _)) if record.version <= *version => return Ok(None),
+        Some(entry) => entry,
+        None => match AlertWatch::create(&event) {
+            Some(created) => {
+                watches.insert(account_id.to_string(), (record.version, created));
+                return Ok(Some(account_id.to_string()));
+            }
+            None => return Ok(None),
+        },
+    };
+    *version = record.version;
+    let notifications = watch.apply(&event, record.version, occurred_at);
+    if let Some(url) = watch.config.as_ref().and_then(|config| config.url.clone()) {
+        for notification in notifications {
+            let id = notification_id(account_id, record.version, &notification.key);
+            let body = json!({
+                "id": id.to_string(),
+                "type": notification.kind.as_str(),
+                "account_id": account_id,
+                "occurred_at": slim.occurred_at,
+                "position": record.position,
+                "data": notification.data,
+            });
+            batch.rows.push(Row {
+                id: id.to_string(),
+                account_id: account_id.to_string(),
+                position: record.position,
+                kind: notification.kind.as_str(),
+                url: url.clone(),
+                body: body.to_string(),
+            });
+        }
+    }
+    Ok(Some(account_id.to_string()))
+}
