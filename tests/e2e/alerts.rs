@@ -471,9 +471,10 @@ async fn a_hanging_receiver_does_not_slow_charges_or_other_accounts() {
     let slowest = slow.iter().max().copied().unwrap_or_default();
     let (slow_us, calm_us) = (median_us(&mut slow), median_us(&mut calm));
     println!("charge latency median: {slow_us} µs with a hanging receiver, {calm_us} µs without; slowest {slowest:?}");
+    // Behaviour, not speed (speed is the benchmarks' job): had a charge waited on the
+    // delivery, it would have taken the receiver's 30 s hang or the 20 s attempt timeout.
     assert!(
-        slow_us <= calm_us * 3 + 5_000,
-        "{slow_us} µs against {calm_us} µs"
+        slowest < Duration::from_secs(10),
+        "a charge waited on the hanging receiver: {slowest:?}"
     );
-    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
