@@ -383,10 +383,14 @@ async fn ssrf_targets_are_refused_and_write_nothing() {
     let events = all_events(api, "s1").await;
     assert!(of_type(&events, "alerts_configured").is_empty());
 
-    // Without the opt-in, loopback is refused too: it is the ledger's own host.
+    // Without the opt-in, loopback is still allowed (SPEC section 14: http:// to loopback
+    // for tests and local use), and a private address is not.
     let strict = start(vec![("LEDGER_WEBHOOK_SECRET".into(), SECRET.into())]).await;
     open(&strict.api, "s2").await;
     put_alerts(&strict.api, "s2", &[100], "http://127.0.0.1:9/hook")
+        .await
+        .expect(200);
+    put_alerts(&strict.api, "s2", &[100], "https://10.0.0.1/hook")
         .await
         .expect_error(400, "INVALID_REQUEST");
 }

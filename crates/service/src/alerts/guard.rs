@@ -1,9 +1,10 @@
 //! The receiver guard against server-side request forgery. A receiver URL makes the ledger
-//! send requests from inside its network, so only public addresses are reachable by default:
-//! loopback (the ledger's own host, its databases' admin ports), private, link-local (cloud
-//! metadata at 169.254.169.254), carrier-grade NAT, unique-local, multicast and unspecified
-//! addresses are refused, and so are hosts that do not resolve. `http://` is accepted only for
-//! a host whose every address is loopback; anything else must be `https://`.
+//! send requests from inside its network, so by default only public addresses and loopback
+//! are reachable: private, link-local (cloud metadata at 169.254.169.254), carrier-grade NAT,
+//! unique-local, multicast and unspecified addresses are refused, and so are hosts that do
+//! not resolve. Loopback is allowed because SPEC section 14 allows `http://` to loopback for
+//! tests and local use. `http://` is accepted only for a host whose every address is
+//! loopback; anything else must be `https://`.
 //!
 //! `LEDGER_ALERTS_ALLOW_PRIVATE` opts in, for tests and private deployments: a comma-separated
 //! list of hosts (as written in the URL, or IP addresses) that may resolve to such addresses,
@@ -32,7 +33,7 @@ pub enum GuardError {
     Scheme,
     #[error("url host {host} does not resolve")]
     Unresolvable { host: String },
-    #[error("url host {host} resolves to {address}, a loopback, private or link-local address (set {ALLOW_PRIVATE_ENV} to allow it)")]
+    #[error("url host {host} resolves to {address}, a private or link-local address (set {ALLOW_PRIVATE_ENV} to allow it)")]
     Private { host: String, address: IpAddr },
 }
 
@@ -99,7 +100,10 @@ impl Guard {
     }
 
     fn check_address(&self, host: &str, address: IpAddr) -> Result<(), GuardError> {
-        if is_public(address) || self.host_allowed(host) || self.host_allowed(&address.to_string())
+        if is_public(address)
+            || address.is_loopback()
+            || self.host_allowed(host)
+            || self.host_allowed(&address.to_string())
         {
             return Ok(());
         }
@@ -239,7 +243,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn metadata_private_and_loopback_receivers_are_refused_by_default() {
+    async fn metadata_private_and_link_local_receivers_are_refused_by_default() {
         let guard = Guard::default();
         for url in [
             "http://169.254.169.254/latest/meta-data/",
@@ -249,13 +253,10 @@ mod tests {
             "https://192.168.1.20/hook",
             "https://172.16.0.1/",
             "https://100.64.0.1/",
-            "https://127.0.0.1/",
-            "https://[::1]/",
             "https://[fd00::1]/",
             "https://[fe80::1]/",
             "https://[::ffff:10.0.0.1]/",
             "https://0.0.0.0/",
-            "https://localhost/",
         ] {
             let refused = guard.check(url).await;
             assert!(
@@ -297,7 +298,24 @@ mod tests {
         assert!(guard.check("https://10.0.0.1/").await.is_err());
         assert_eq!(guard.check_literal("http://127.0.0.1:9/"), Ok(()));
         assert!(guard.check_literal("http://10.0.0.1/").is_err());
-        assert!(Guard::default().check_literal("http://127.0.0.1/").is_err());
+    }
+
+    #[tokio::test]
+    async fn loopback_is_allowed_by_default_over_http_or_https() {
+        let guard = Guard::default();
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "https://127.0.0.1/",
+            "http://[::1]:9/",
+            "http://localhost:9/hook",
+        ] {
+            assert_eq!(guard.check(url).await, Ok(()), "{url}");
+        }
+        assert_eq!(guard.check_literal("http://127.0.0.1:9/"), Ok(()));
+        assert_eq!(
+            guard.check("http://10.0.0.1/").await,
+            Err(GuardError::Scheme)
+        );
     }
 
     #[test]
