@@ -5,7 +5,7 @@
 # the server, and splits the instructions its threads executed into stages:
 #   decide, evolve (folding the new events), seal and hash (envelope + SHA-256 chain),
 #   JSON (serde, both ways), store (SQLite and the writer), projectors (their threads),
-#   and the rest: HTTP (hyper, axum, tokio, allocation, logging).
+#   the alerts outbox projector, and the rest: HTTP (hyper, axum, tokio, allocation, logging).
 #
 #   benches/profile/run.sh                 # 2,000 charges
 #   CHARGES=5000 benches/profile/run.sh
@@ -163,12 +163,15 @@ STAGES = [
     ("  of which the SHA-256 chain hash", r"ledger_domain::envelope::chain_hash\b"),
     ("  of which reading the sealed payload back", r"ledger_domain::envelope::SlimEnvelope::parse\b"),
     ("answer JSON: receipt to response", r"ledger_service::api::receipt_response\b"),
+    ("alerts outbox projector (a task on the server's runtime)", r"ledger_alerts::"),
 ]
 # The server's own work under these (the batch around decide and seal, the answer) is the
-# command path; what is left of a server thread is HTTP, the runtime and allocation.
+# command path, and the alerts projector runs beside it on the same runtime; what is left of
+# a server thread is HTTP, the runtime and allocation.
 COMMAND_PATH = [r"ledger_service::api::extract::parse_json\b",
                 r"ledger_service::ledger::batch::<impl ledger_service::ledger::Ledger>::decide_all\b",
-                r"ledger_service::api::receipt_response\b"]
+                r"ledger_service::api::receipt_response\b",
+                r"ledger_alerts::"]
 costs = {name: 0 for name, _ in STAGES}
 server = http_rest = writer = projectors = 0
 for thread, dumps in parts.items():
@@ -200,6 +203,6 @@ print(f"| HTTP, runtime and allocation (server threads outside the command path)
 for name, _ in STAGES:
     print(f"| {name} | {per(costs[name])} | {share(costs[name])} |")
 print(f"| store: the SQLite writer thread | {per(writer)} | {share(writer)} |")
-print(f"| projectors: their threads (three views, one SQLite file each) | {per(projectors)} | {share(projectors)} |")
+print(f"| projectors: their threads (one SQLite file per view) | {per(projectors)} | {share(projectors)} |")
 print(f"| total (all threads) | {per(grand)} | 100% |")
 PY
