@@ -245,11 +245,7 @@ pub fn seal(
     for (index, event) in events.into_iter().enumerate() {
         version += 1;
         let event_id = event_id(stream, &cause.command_id, index);
-        let mut data = Vec::with_capacity(256);
-        event.write_data(&mut data);
-        // Serialised JSON is UTF-8 and a single valid value by construction.
-        let data_text = String::from_utf8(data).expect("serde_json writes UTF-8");
-        let raw = RawValue::from_string(data_text).expect("serde_json writes valid JSON");
+        let raw = event.raw_data();
         let hash = chain_hash(
             &prev,
             &event_id,

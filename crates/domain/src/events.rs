@@ -369,10 +369,12 @@ macro_rules! events {
                 }
             }
 
-            /// Writes the event's `data` as JSON text.
-            pub fn write_data(&self, out: &mut Vec<u8>) {
+            /// The event's `data` as JSON text, ready to embed in an envelope. Serialised once
+            /// and never parsed back: `to_raw_value` trusts serde_json's own output, where
+            /// `RawValue::from_string` would validate it again on every sealed event.
+            pub fn raw_data(&self) -> Box<serde_json::value::RawValue> {
                 match self {
-                    $( Event::$variant(data) => serde_json::to_writer(out, data).expect("event data serialises"), )+
+                    $( Event::$variant(data) => serde_json::value::to_raw_value(data).expect("event data serialises"), )+
                 }
             }
 
