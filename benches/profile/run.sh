@@ -161,7 +161,7 @@ STAGES = [
     ("evolve: folding the new events", r"ledger_domain::state::Account::evolve\b"),
     ("seal: events to JSON, ids, SHA-256 chain", r"ledger_domain::envelope::seal\b"),
     ("  of which the SHA-256 chain hash", r"ledger_domain::envelope::chain_hash\b"),
-    ("  of which reading the sealed payload back", r"ledger_domain::envelope::SlimEnvelope::parse\b"),
+    ("decoding stored envelopes (SlimEnvelope::parse, any caller; overlaps the others)", r"ledger_domain::envelope::SlimEnvelope::parse\b"),
     ("answer JSON: receipt to response", r"ledger_service::api::receipt_response\b"),
     ("alerts outbox projector (a task on the server's runtime)", r"ledger_alerts::"),
 ]
