@@ -1,5 +1,6 @@
 //! The alerts projector (SPEC section 14): follows the event store like the views do, folds
-//! every account with the domain's [`ledger_domain::alerts::AlertWatch`], and writes the
+//! each account that configured alerts with the domain's
+//! [`ledger_domain::alerts::AlertWatch`], and writes the
 //! notifications it derives into a durable SQLite outbox in the same transaction as its
 //! checkpoint. The service's deliverer drains the outbox through
 //! [`ledger_service::alerts::Outbox`], which [`SqliteOutbox`] implements.
@@ -10,7 +11,7 @@
 mod outbox;
 mod projector;
 
-pub use outbox::{Batch, Row, SqliteOutbox};
+pub use outbox::{Batch, Row, SqliteOutbox, Watches};
 pub use projector::run;
 
 /// The outbox's file name under the data directory.

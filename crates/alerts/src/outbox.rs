@@ -67,7 +67,7 @@ pub struct Row {
 /// checkpoint after them.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub watches: HashMap<String, (u64, AlertWatch)>,
+    pub watches: Watches,
     pub rows: Vec<Row>,
     pub position: Option<u64>,
     /// Events folded into it.
@@ -81,7 +81,7 @@ pub struct SqliteOutbox {
     position: watch::Sender<Option<u64>>,
 }
 
-type Watches = HashMap<String, (u64, AlertWatch)>;
+pub type Watches = HashMap<String, (u64, AlertWatch)>;
 
 impl SqliteOutbox {
     /// Opens (or creates) the outbox at `path`.

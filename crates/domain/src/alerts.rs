@@ -1,8 +1,9 @@
 //! Alerts out (SPEC section 14): the settings an account records (`alerts_configured`) and the
 //! pure fold that turns an account's events into the notifications its receiver is owed.
 //!
-//! The alerts projector runs [`AlertWatch::apply`] over every account stream and writes what it
-//! returns into its outbox; nothing here knows about HTTP, signing or retries. Notification ids
+//! The alerts projector runs [`AlertWatch::apply`] over each watched account's stream and
+//! writes what it returns into its outbox; nothing here knows about HTTP, signing or retries.
+//! Notification ids
 //! are derived from the stream position of the event that caused them, so replaying the same
 //! history after a crash gives the same ids and the outbox can ignore the repeats.
 

@@ -1,0 +1,144 @@
+//! The alerts projector over a real SQLite store: only accounts that configured alerts are
+//! watched, and an account that configures them late gets exactly the notifications a watch
+//! folded from its opening would have derived.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger_alerts::SqliteOutbox;
+use ledger_domain::alerts::{notification_id, AlertWatch, ConfigureAlerts};
+use ledger_domain::command::{Charge, Quantity};
+use ledger_domain::envelope::{stream_name, SlimEnvelope};
+use ledger_domain::events::Via;
+use ledger_domain::{Catalog, Command, Instant};
+use ledger_service::alerts::Outbox;
+use ledger_service::clock::SystemClock;
+use ledger_service::ledger::Ledger;
+use ledger_store::EventStore;
+use ledger_store_sqlite::SqliteStore;
+
+/// A one-credit chat charge, each node of its own run.
+fn charge(id: usize) -> Command {
+    let node_id = format!("n{id}");
+    Command::Charge(Charge {
+        model: "assistant-chat".into(),
+        via: Via::App,
+        quantity: Quantity::default(),
+        charge_id: format!("c{id}"),
+        run_id: format!("run-{node_id}"),
+        node_id,
+    })
+}
+
+fn configure(low_balance: Vec<u64>) -> Command {
+    Command::ConfigureAlerts(ConfigureAlerts {
+        low_balance,
+        url: Some("https://example.com/hook".into()),
+    })
+}
+
+/// The notification ids a watch started at the stream's first event derives.
+async fn ids_from_a_full_fold(store: &dyn EventStore, account_id: &str) -> Vec<String> {
+    let events = store
+        .read_stream(&stream_name(account_id), 1, 10_000)
+        .await
+        .expect("read the stream");
+    let mut watch: Option<AlertWatch> = None;
+    let mut ids = Vec::new();
+    for record in events {
+        let slim = SlimEnvelope::parse(&record.payload).expect("an envelope");
+        let event = slim.event().expect("an event");
+        let occurred_at: Instant = slim.occurred_at.parse().expect("a time");
+        match &mut watch {
+            None => watch = AlertWatch::create(&event),
+            Some(watch) => {
+                for notification in watch.apply(&event, record.version, occurred_at) {
+                    let id = notification_id(account_id, record.version, &notification.key);
+                    ids.push(id.to_string());
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn outbox_ids(path: &std::path::Path, account_id: &str) -> Vec<String> {
+    let connection = rusqlite::Connection::open(path).expect("open the outbox");
+    let mut statement = connection
+        .prepare("SELECT id FROM outbox WHERE account_id = ?1 ORDER BY seq")
+        .expect("prepare");
+    let rows = statement
+        .query_map([account_id], |row| row.get::<_, String>(0))
+        .expect("query");
+    rows.map(|row| row.expect("a row")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_configured_account_notifies_as_if_watched_from_its_opening_and_others_are_not_watched(
+) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).expect("a store"));
+    let catalog = Arc::new(Catalog::shipped());
+    let ledger = Ledger::new(store.clone(), catalog, Arc::new(SystemClock));
+    for account_id in ["late", "quiet"] {
+        ledger
+            .execute(account_id, &Command::OpenAccount, "billing")
+            .await
+            .expect("open");
+    }
+    for id in 0..5 {
+        for account_id in ["late", "quiet"] {
+            ledger
+                .execute(account_id, &charge(id), "executor")
+                .await
+                .expect("charge");
+        }
+    }
+    // Thresholds far above the free allowance are crossed as soon as they are configured.
+    ledger
+        .execute("late", &configure(vec![1_000_000]), "support")
+        .await
+        .expect("configure");
+    ledger
+        .execute("late", &configure(vec![1_000_000, 2_000_000]), "support")
+        .await
+        .expect("configure again");
+    for id in 5..8 {
+        ledger
+            .execute("late", &charge(id), "executor")
+            .await
+            .expect("charge");
+    }
+
+    let path = dir.path().join(ledger_alerts::FILE_NAME);
+    let outbox = Arc::new(SqliteOutbox::open(&path).expect("an outbox"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector = tokio::spawn(ledger_alerts::run(store.clone(), outbox.clone(), async {
+        let _ = stopped.await;
+    }));
+    let head = store.head_position().await.expect("head").expect("events");
+    assert!(
+        outbox.wait_for(head, Duration::from_secs(30)).await,
+        "the projector reaches the head"
+    );
+    stop.send(()).expect("the projector runs");
+    projector.await.expect("joined").expect("no error");
+
+    let expected = ids_from_a_full_fold(store.as_ref(), "late").await;
+    assert_eq!(
+        expected.len(),
+        2,
+        "one balance.low per threshold: {expected:?}"
+    );
+    assert_eq!(outbox_ids(&path, "late"), expected);
+    assert!(outbox_ids(&path, "quiet").is_empty());
+    let watches = outbox.load_watches().expect("watches");
+    assert_eq!(watches.keys().collect::<Vec<_>>(), vec!["late"]);
+    let late_version = store
+        .read_stream(&stream_name("late"), 1, 100)
+        .await
+        .expect("read")
+        .len() as u64;
+    assert_eq!(watches["late"].0, late_version);
+}
