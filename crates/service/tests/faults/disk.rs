@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ledger_service::tokens::Role;
 use ledger_store::faults::{Fault, Op, Times};
 use ledger_store::EventStore;
 use ledger_store_sqlite::SqliteStore;
@@ -280,5 +281,53 @@ async fn regression_a_full_view_disk_stopped_the_projector_for_good() {
     std::fs::remove_file(filler).expect("free the space");
     let requests = settle_and_check(&server, &accounts, load).await;
     println!("views' disk full: {requests} requests");
+    server.stop().await;
+}
+
+/// A row of the SQLite file overwritten with garbage behind the ledger's back (a damaged
+/// disk, a bad restore): a node starting on it reports it everywhere it is read, and keeps
+/// serving the accounts it does not touch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_in_the_sqlite_file_is_reported_and_never_skipped() {
+    let dir = TempDir::new().expect("a temporary directory");
+    let first = server_in(dir.path()).await;
+    let accounts = open_accounts(&first, "g", 2).await;
+    let stream = ledger_domain::envelope::stream_name(&accounts[0]);
+    // The first account's top-up (version 2) becomes garbage.
+    let position: i64 = rusqlite::Connection::open(dir.path().join("events.sqlite"))
+        .and_then(|connection| {
+            connection.query_row(
+                "UPDATE events SET payload = x'00ff6e6f7420616e20656e76656c6f7065'
+                 WHERE version = 2
+                   AND stream_id = (SELECT id FROM streams WHERE name = ?1)
+                 RETURNING position",
+                [&stream],
+                |row| row.get(0),
+            )
+        })
+        .expect("damage a row");
+    first.stop().await;
+
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(&dir.path().join("events.sqlite")).expect("open the damaged store"),
+    );
+    let mut server = Server::start(store, &dir.path().join("views-after")).await;
+    server
+        .assert_projector_stopped_at(&stream, u64::try_from(position).expect("a position"))
+        .await;
+    let (status, body) = server.charge(&accounts[0], "on-garbage").await;
+    assert_unavailable(status, &body);
+    let (status, body) = server
+        .get(
+            &format!("/v1/accounts/{}/events", accounts[0]),
+            Role::Support,
+        )
+        .await;
+    assert_unavailable(status, &body);
+    let (status, body) = server.get("/v1/audit/events", Role::Finance).await;
+    assert_unavailable(status, &body);
+    // The other account's commands do not read the damaged row.
+    let (status, body) = server.charge(&accounts[1], "elsewhere").await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     server.stop().await;
 }

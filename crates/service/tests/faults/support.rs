@@ -219,6 +219,22 @@ impl Server {
         .await
     }
 
+    /// Asserts that the reads served from the views answer: the summary and an admission
+    /// check of a 1-credit run (admitted).
+    pub async fn assert_views_answer(&self, account: &str) {
+        let (status, summary) = self.summary(account, None).await;
+        assert_eq!(status, StatusCode::OK, "the summary: {summary}");
+        let (status, admission) = self
+            .post(
+                &format!("/v1/accounts/{account}/admission"),
+                Role::Executor,
+                json!({"nodes": [{"node_id": "n1", "type": "assistant", "model": "assistant-chat"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "the admission check: {admission}");
+        assert_eq!(admission["admitted"], json!(true), "{admission}");
+    }
+
     /// The account summary, once the views have reached `min_position`.
     pub async fn summary(&self, account: &str, min_position: Option<u64>) -> (StatusCode, Value) {
         let query = min_position.map_or(String::new(), |p| format!("?min_position={p}"));
@@ -237,6 +253,22 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("charge {charge_id} on {account} was never acknowledged");
+    }
+
+    /// Asserts that the projector stops, within 30 s, with an error naming the event at
+    /// `position` of `stream`: a corrupt event is reported, never skipped.
+    pub async fn assert_projector_stopped_at(&mut self, stream: &str, position: u64) {
+        let ended = self
+            .projectors_ended(Duration::from_secs(30))
+            .await
+            .expect("the projector went on past a corrupt event");
+        let error = ended
+            .expect_err("the projector stopped without an error")
+            .to_string();
+        assert!(
+            error.contains(&format!("position {position}")) && error.contains(stream),
+            "the error names the event: {error}"
+        );
     }
 
     /// Waits until the views have reached the store's head; panics after 60 s.

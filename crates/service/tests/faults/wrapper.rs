@@ -1,7 +1,6 @@
 //! Faults injected with the wrapper over a real SQLite store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ledger_service::tokens::Role;
 use ledger_store::faults::{Fault, Op, Times};
@@ -132,19 +131,7 @@ pub async fn outage_under_load(server: &Server, accounts: &[String]) -> usize {
         "the summary during the outage: {during}"
     );
     assert_eq!(during["balance"], before["balance"], "{during}");
-    let (status, admission) = server
-        .post(
-            &format!("/v1/accounts/{}/admission", accounts[0]),
-            Role::Executor,
-            json!({"nodes": [{"node_id": "n1", "type": "assistant", "model": "assistant-chat"}]}),
-        )
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "admission during the outage: {admission}"
-    );
-    assert_eq!(admission["admitted"], json!(true), "{admission}");
+    server.assert_views_answer(&accounts[0]).await;
     // Reads of the store itself say so.
     let (status, events) = server
         .get(
@@ -241,17 +228,7 @@ async fn a_corrupt_event_is_reported_and_never_skipped() {
     let (status, body) = server.charge("c1", "to-corrupt").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let position = body["position"].as_u64().expect("a position");
-    let stopped = server
-        .projectors_ended(Duration::from_secs(30))
-        .await
-        .expect("the projector went on past a corrupt event");
-    let error = stopped
-        .expect_err("the projector stopped without an error")
-        .to_string();
-    assert!(
-        error.contains(&format!("position {position}")) && error.contains(&stream),
-        "the error names the event: {error}"
-    );
+    server.assert_projector_stopped_at(&stream, position).await;
     assert!(
         server.views.position().is_none_or(|p| p < position),
         "the views moved past the corrupt event"
