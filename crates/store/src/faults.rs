@@ -4,7 +4,7 @@
 //! promises (503 and nothing half-written, reads from the views, recovery without a restart,
 //! garbage reported rather than skipped).
 //!
-//! ```ignore
+//! ```text
 //! let faults = Faults::new();
 //! let store = FaultyStore::new(inner, faults.clone());
 //! faults.arm(Op::Append, Fault::AfterDurable, Times::Once);
