@@ -150,6 +150,27 @@ pub enum ProjectorError {
 }
 
 impl ProjectorError {
+    /// A view file write that the disk may take later: full, read-only, failing I/O, or the
+    /// file locked for too long. The view thread tries such a commit again rather than stop,
+    /// so the views go on by themselves once the disk recovers.
+    pub(crate) fn is_transient_write(&self) -> bool {
+        use rusqlite::ErrorCode;
+        matches!(
+            self,
+            ProjectorError::Sqlite { source, .. } if matches!(
+                source.sqlite_error_code(),
+                Some(
+                    ErrorCode::DiskFull
+                        | ErrorCode::ReadOnly
+                        | ErrorCode::SystemIoFailure
+                        | ErrorCode::CannotOpen
+                        | ErrorCode::DatabaseBusy
+                        | ErrorCode::DatabaseLocked
+                )
+            )
+        )
+    }
+
     pub(crate) fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> ProjectorError {
         ProjectorError::Sqlite {
             path: path.into(),

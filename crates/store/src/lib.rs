@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod conformance;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod validate;
 
 /// Version of the last event in a stream. The first event of a stream has version 1.

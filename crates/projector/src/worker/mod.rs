@@ -432,6 +432,30 @@ impl Inbox {
         }
     }
 
+    /// Waits `wait` for a stop while a commit cannot be made: events that arrive stay for
+    /// the next batch, and a rebuild is told the live view cannot switch over now.
+    fn stop_requested(&mut self, wait: Duration) -> bool {
+        if self.chunk.is_some() {
+            std::thread::sleep(wait);
+            return false;
+        }
+        match self.receive(Wait::For(wait)) {
+            None => false,
+            Some(Input::Events(chunk)) => {
+                self.capacity.0.add_permits(1);
+                self.chunk = Some((chunk, 0));
+                false
+            }
+            Some(Input::Adopt(_, reply)) => {
+                let _ = reply.send(Err(ProjectorError::Stopped(
+                    "the live view cannot write its file now; rebuild again later".into(),
+                )));
+                false
+            }
+            Some(Input::Stop) => true,
+        }
+    }
+
     /// Applies the next event to `worker`, waiting for one at most `wait`.
     fn apply_next<P: Projection>(
         &mut self,

@@ -19,12 +19,50 @@ pub(crate) fn run_live<P: Projection>(
 ) -> Result<(), ProjectorError> {
     loop {
         let filled = fill_batch(&mut worker, &mut inbox, &batching, Wait::Forever)?;
-        worker.commit()?;
+        if filled.end == BatchEnd::Stop {
+            // The last batch gets one try: a restart reads it again from the checkpoint.
+            worker.commit()?;
+        } else if !commit_until_done(&mut worker, &mut inbox)? {
+            return Ok(());
+        }
         if let Some((shadow, reply)) = filled.adoption {
             adopt_and_reply(&mut worker, shadow, reply, &switch)?;
         }
         if filled.end == BatchEnd::Stop {
             return Ok(());
+        }
+    }
+}
+
+/// First pause before a failed commit is tried again; doubles up to the maximum.
+const COMMIT_RETRY_MIN: Duration = Duration::from_millis(50);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Commits the pending batch, trying again while the disk refuses the write for a reason
+/// that can pass (see [`ProjectorError::is_transient_write`]): the views stay as last
+/// committed meanwhile. False when told to stop while waiting (the batch is left
+/// uncommitted, to be read again from the checkpoint).
+fn commit_until_done<P: Projection>(
+    worker: &mut ViewWorker<P>,
+    inbox: &mut Inbox,
+) -> Result<bool, ProjectorError> {
+    let mut delay = COMMIT_RETRY_MIN;
+    loop {
+        match worker.commit() {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_transient_write() => {
+                tracing::warn!(
+                    view = %P::VIEW,
+                    %error,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "a view commit failed; the view keeps its last commit and tries again"
+                );
+                if inbox.stop_requested(delay) {
+                    return Ok(false);
+                }
+                delay = (delay * 2).min(COMMIT_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
         }
     }
 }

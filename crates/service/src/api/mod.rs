@@ -22,6 +22,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use ledger_domain::admission::admit;
 use ledger_domain::decide::Reply;
 use ledger_domain::events::Via;
@@ -511,7 +512,19 @@ async fn audit_events(
             return Err(Rejection::invalid("until must be after since").into());
         }
     }
-    let lines = crate::audit::export_lines(app.ledger.store().clone(), params.since, params.until);
+    let mut lines = Box::pin(
+        crate::audit::export_lines(app.ledger.store().clone(), params.since, params.until)
+            .peekable(),
+    );
+    // A store that fails at once gets a 503 like any read of it; once the status has gone
+    // out, a failure can only cut the body short, which the client sees as an error.
+    if let Some(Err(err)) = lines.as_mut().peek().await {
+        tracing::error!(error = %err, "the audit export cannot read the store");
+        return Err(Rejection::Unavailable {
+            message: err.to_string(),
+        }
+        .into());
+    }
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
