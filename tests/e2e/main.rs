@@ -10,7 +10,9 @@
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
-//! story) and `console` (the support page in headless Chromium).
+//! story), `console` (the support page in headless Chromium), `fuzz` (schemathesis's
+//! generated requests) and `security` (secrets kept out of logs, bounded requests,
+//! slow-loris, the token file's mode).
 
 mod admission;
 mod alerts;
@@ -21,6 +23,7 @@ mod console;
 mod contract;
 mod errors;
 mod export;
+mod fuzz;
 mod idempotency;
 mod insight;
 mod lifecycle;
@@ -28,6 +31,7 @@ mod openapi;
 mod reads;
 mod rebuild;
 mod roles;
+mod security;
 mod stories;
 mod storm;
 mod stripe;

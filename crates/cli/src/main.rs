@@ -11,6 +11,7 @@ use ledger_projector::{ViewName, ViewSelection};
 mod alerts;
 mod audit;
 mod explain_table;
+mod http;
 mod serve;
 mod store;
 mod views;

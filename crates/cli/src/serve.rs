@@ -142,6 +142,7 @@ pub async fn serve(
         .parse()
         .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
     let catalog = Arc::new(load_catalog(catalog.as_deref())?);
+    let limits = crate::http::Limits::from_env()?;
     // Bind before touching the data directory: a busy port should change nothing.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -209,11 +210,7 @@ pub async fn serve(
     let app = router(state);
     let stop = until_true(shutdown.clone());
     // Graceful: on SIGTERM stop accepting, let requests in flight finish, then return.
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    let server = tokio::spawn(crate::http::serve(listener, app, limits, stop));
     if wait_healthy(bound).await {
         info!(%bound, "listening on {bound}");
         println!("listening on {bound}");

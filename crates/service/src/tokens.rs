@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 /// What a token may do. Admin may do everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,10 +52,32 @@ pub enum TokenError {
     File { path: PathBuf, message: String },
 }
 
-/// The token table.
-#[derive(Debug, Clone, Default)]
+/// The token table. A presented token is hashed and compared with every configured token's
+/// digest in constant time: a map lookup or an early-exit comparison would let a caller time
+/// its way to a valid token byte by byte, and comparing digests hides the tokens' lengths.
+#[derive(Clone, Default)]
 pub struct Tokens {
-    by_token: HashMap<String, Role>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    digest: [u8; 32],
+    role: Role,
+    token: String,
+}
+
+/// Never prints a token: a `{:?}` in a log line must not leak one.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|entry| entry.role))
+            .finish()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Tokens shorter than this are refused: they could be guessed.
@@ -90,7 +114,19 @@ impl Tokens {
         if by_token.is_empty() {
             return Err(TokenError::Config("no tokens given".into()));
         }
-        Ok(Tokens { by_token })
+        Ok(Tokens::from_map(by_token))
+    }
+
+    fn from_map(by_token: HashMap<String, Role>) -> Tokens {
+        let entries = by_token
+            .into_iter()
+            .map(|(token, role)| Entry {
+                digest: digest(&token),
+                role,
+                token,
+            })
+            .collect();
+        Tokens { entries }
     }
 
     /// Loads `DATA/tokens.json`, creating it with one fresh token per role if it is missing.
@@ -103,13 +139,14 @@ impl Tokens {
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
+                refuse_shared(&path).map_err(file_error)?;
                 let table: HashMap<Role, String> = serde_json::from_slice(&bytes)
                     .map_err(|err| file_error(format!("unreadable token file: {err}")))?;
                 let by_token = table
                     .into_iter()
                     .map(|(role, token)| (token, role))
                     .collect();
-                Ok((Tokens { by_token }, path, false))
+                Ok((Tokens::from_map(by_token), path, false))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let table: HashMap<Role, String> = Role::ALL
@@ -128,24 +165,61 @@ impl Tokens {
                     .into_iter()
                     .map(|(role, token)| (token, role))
                     .collect();
-                Ok((Tokens { by_token }, path, true))
+                Ok((Tokens::from_map(by_token), path, true))
             }
             Err(err) => Err(file_error(err.to_string())),
         }
     }
 
-    /// The role of a bearer token.
+    /// The role of a bearer token. Every configured token is compared, whichever matches:
+    /// the time taken depends on the number of tokens only.
     pub fn role(&self, token: &str) -> Option<Role> {
-        self.by_token.get(token).copied()
+        let presented = digest(token);
+        let mut found = Choice::from(0);
+        let mut index = 0u32;
+        for (i, entry) in self.entries.iter().enumerate() {
+            let hit = entry.digest.ct_eq(&presented);
+            // Parsing refuses a token given twice, so at most one entry hits.
+            index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), hit);
+            found |= hit;
+        }
+        if bool::from(found) {
+            self.entries.get(index as usize).map(|entry| entry.role)
+        } else {
+            None
+        }
     }
 
     /// A token for `role`, if one is configured (tests and tools use it).
     pub fn token_for(&self, role: Role) -> Option<&str> {
-        self.by_token
+        self.entries
             .iter()
-            .find(|(_, r)| **r == role)
-            .map(|(token, _)| token.as_str())
+            .find(|entry| entry.role == role)
+            .map(|entry| entry.token.as_str())
     }
+}
+
+/// A token file others can read may already have leaked: refuse to start on it rather than
+/// tighten it quietly, as ssh does with a private key, so the operator rotates the tokens.
+fn refuse_shared(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|err| err.to_string())?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the token file has mode {:04o}: others may have read the tokens; generate new \
+                 ones (delete the file) or, if it never left this machine, run chmod 600 on it",
+                mode & 0o7777
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Writes a file readable by its owner only, created that way so it is never briefly open.
@@ -197,5 +271,54 @@ mod tests {
             let token = tokens.token_for(role).unwrap();
             assert_eq!(again.role(token), Some(role));
         }
+    }
+
+    #[test]
+    fn every_configured_token_finds_its_role_and_near_misses_find_none() {
+        let spec = Role::ALL
+            .iter()
+            .map(|role| format!("{}={}-token-0123456789", role.as_str(), role.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let tokens = Tokens::parse(&spec).unwrap();
+        for role in Role::ALL {
+            let token = format!("{}-token-0123456789", role.as_str());
+            assert_eq!(tokens.role(&token), Some(role), "{token}");
+            // A prefix, an extension, one changed byte and other cases all miss: only the
+            // whole token matches, whatever its length.
+            assert_eq!(tokens.role(&token[..token.len() - 1]), None);
+            assert_eq!(tokens.role(&format!("{token}0")), None);
+            assert_eq!(tokens.role(&token.replace('9', "8")), None);
+            assert_eq!(tokens.role(&token.to_uppercase()), None);
+        }
+        assert_eq!(tokens.role(""), None);
+        assert_eq!(Tokens::default().role("anything-at-all-0123"), None);
+    }
+
+    #[test]
+    fn the_token_table_never_prints_a_token() {
+        let tokens = Tokens::parse("admin=secret-admin-token-0123456789").unwrap();
+        let printed = format!("{tokens:?}");
+        assert!(!printed.contains("secret-admin-token"), "{printed}");
+        assert!(printed.contains("Admin"), "{printed}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_can_read_is_refused_and_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, path, _) = Tokens::load_or_generate(dir.path()).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Tokens::load_or_generate(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "refusing changes nothing");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Tokens::load_or_generate(dir.path()).is_ok());
     }
 }

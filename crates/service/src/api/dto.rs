@@ -246,7 +246,19 @@ pub struct Capture {
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
     pub low_balance: Vec<u64>,
+    /// Required, though it may be null (delivery off): serde would read a missing `Option` as
+    /// `None` and turn delivery off for a body that never said so.
+    #[serde(deserialize_with = "present")]
     pub url: Option<String>,
+}
+
+/// Reads a field that must be present, null or not.
+fn present<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer)
 }
 
 impl IntoCommand for Alerts {

@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use ledger_domain::decide::valid_account_id;
@@ -17,6 +17,10 @@ use crate::tokens::Role;
 
 /// Bodies larger than this are refused with 413.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Paths with query strings longer than this are refused with 400 before anything reads
+/// them: every query this API takes fits in a few hundred bytes.
+pub const URI_LIMIT_BYTES: usize = 8 * 1024;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +100,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap_or("").to_string());
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -107,8 +115,29 @@ where
                     ApiError::from(Rejection::invalid(format!("unreadable body: {rejection}")))
                 }
             })?;
+        if let Some(declared) = declared {
+            if !bytes.iter().all(u8::is_ascii_whitespace) && !is_json(&declared) {
+                return Err(Rejection::invalid(format!(
+                    "bodies are JSON: Content-Type {declared:?} is not application/json"
+                ))
+                .into());
+            }
+        }
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// `application/json`, with or without parameters, or a `+json` type. A body declared as
+/// something else (a form, plain text) was not meant as this JSON and is not read as it.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Parses a body, naming the offending field in the error. An empty body reads as `{}`.
@@ -118,6 +147,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
+    // serde reads a struct from an array too, field by field in order: `["acme"]` would open
+    // account acme. Every body of this API is an object.
+    if text.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Rejection::invalid("invalid JSON body: the body must be a JSON object").into());
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(text);
     let value: T = serde_path_to_error::deserialize(&mut *deserializer).map_err(|err| {
         let path = err.path().to_string();

@@ -6,6 +6,8 @@ mod console;
 pub mod dto;
 pub mod error;
 pub mod extract;
+#[cfg(test)]
+mod fuzz;
 mod insight;
 mod routes;
 #[cfg(test)]

@@ -14,7 +14,7 @@ use axum::Router;
 use ledger_domain::Rejection;
 
 use super::error::ApiError;
-use super::extract::{Caller, BODY_LIMIT_BYTES};
+use super::extract::{Caller, BODY_LIMIT_BYTES, URI_LIMIT_BYTES};
 use super::{
     admission, alerts, approve_verification, audit_events, capture_hold, console, dto, events,
     explain, get_account, healthz, insight, metrics, open_account, receipt_route, refund,
@@ -200,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn(bounded_uri))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -241,6 +242,21 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
     app.metrics
         .observe(&route, &method, status, started.elapsed());
     response
+}
+
+/// Refuses an oversize path and query before routing, so no extractor parses it.
+async fn bounded_uri(request: Request, next: Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |path| path.as_str().len());
+    if length > URI_LIMIT_BYTES {
+        return ApiError::from(Rejection::invalid(format!(
+            "the path and query string are {length} bytes, more than the {URI_LIMIT_BYTES} allowed"
+        )))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
