@@ -61,6 +61,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod checkpoint;
 mod reader;
+mod recent;
 mod schema;
 mod subscription;
 mod validate;
@@ -70,6 +71,7 @@ pub use schema::{APPLICATION_ID, FORMAT_VERSION};
 pub use writer::{MAX_BATCH, QUEUE_CAPACITY};
 
 use reader::ReaderPool;
+use recent::Recent;
 use subscription::SqliteSubscription;
 
 /// The SQLite event store. Appends go through one writer thread; reads use pooled read-only
@@ -88,6 +90,8 @@ struct WriterHandle {
     requests: mpsc::Sender<writer::Request>,
     head: watch::Receiver<Option<GlobalPosition>>,
     thread: JoinHandle<()>,
+    /// What the writer committed last, for this process's subscriptions.
+    recent: Arc<Recent>,
 }
 
 impl SqliteStore {
@@ -97,7 +101,8 @@ impl SqliteStore {
         let connection = schema::open_writer(path)?;
         let readers = Arc::new(ReaderPool::new(path.to_owned()));
         let head = readers.with_connection(reader::head_position)?;
-        let (requests, head, thread) = writer::spawn(connection, path, head)?;
+        let recent = Arc::new(Recent::new(recent::RECENT_EVENTS_MAX));
+        let (requests, head, thread) = writer::spawn(connection, path, head, Arc::clone(&recent))?;
         Ok(SqliteStore {
             path: path.to_owned(),
             readers,
@@ -105,6 +110,7 @@ impl SqliteStore {
                 requests,
                 head,
                 thread,
+                recent,
             }),
         })
     }
@@ -221,9 +227,14 @@ impl EventStore for SqliteStore {
         after: Option<GlobalPosition>,
     ) -> Result<Box<dyn Subscription>, StoreError> {
         let head = self.writer.as_ref().map(|writer| writer.head.clone());
+        let recent = self
+            .writer
+            .as_ref()
+            .map(|writer| Arc::clone(&writer.recent));
         Ok(Box::new(SqliteSubscription::new(
             Arc::clone(&self.readers),
             head,
+            recent,
             after,
         )))
     }

@@ -26,12 +26,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ledger_store::{
-    AppendOutcome, ExpectedVersion, GlobalPosition, NewEvent, StoreError, StreamVersion,
+    AppendOutcome, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, StoreError,
+    StreamVersion,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Statement};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::recent::Recent;
 
 /// Most appends committed in one transaction. Bounds the latency of the appends at the back
 /// of a long queue and the memory a transaction holds.
@@ -66,6 +68,7 @@ pub(crate) fn spawn(
     connection: Connection,
     path: &Path,
     head: Option<GlobalPosition>,
+    recent: Arc<Recent>,
 ) -> Result<
     (
         mpsc::Sender<Request>,
@@ -93,6 +96,8 @@ pub(crate) fn spawn(
                     data_version,
                     head: head_sender,
                     inserted: None,
+                    recent,
+                    committing: Vec::new(),
                 })
             });
             match started {
@@ -253,6 +258,10 @@ struct Writer<'c> {
     head: watch::Sender<Option<GlobalPosition>>,
     /// Position of the last event inserted by the open transaction.
     inserted: Option<i64>,
+    /// Where committed events go for this process's subscribers.
+    recent: Arc<Recent>,
+    /// The events the open transaction inserted, for `recent` once it commits.
+    committing: Vec<RecordedEvent>,
 }
 
 impl Writer<'_> {
@@ -326,6 +335,7 @@ impl Writer<'_> {
         intake: &mut Intake<'_>,
     ) -> Result<(), Fatal> {
         self.inserted = None;
+        self.committing.clear();
         self.statements.begin.execute([])?;
         let version = self.statements.data_version()?;
         if version != self.data_version {
@@ -346,6 +356,8 @@ impl Writer<'_> {
         }
         self.statements.commit.execute([])?;
         if let Some(position) = self.inserted {
+            // Before the head moves: a subscriber woken by it finds the events here.
+            self.recent.committed(self.committing.drain(..));
             self.head.send_replace(Some(unsigned(position)));
             self.checkpointer.committed();
         }
@@ -414,15 +426,27 @@ impl Writer<'_> {
                 self.connection.last_insert_rowid()
             }
         };
+        let mut inserted = Vec::with_capacity(events.len());
         for (offset, event) in events.iter().enumerate() {
+            let version = base + 1 + offset as u64;
             self.statements.insert.execute(params![
                 id,
-                sql(base + 1 + offset as u64),
+                sql(version),
                 &event.event_id.as_bytes()[..],
                 event.event_type,
                 event.payload,
             ])?;
+            inserted.push(RecordedEvent {
+                stream: name.to_owned(),
+                version,
+                position: unsigned(self.connection.last_insert_rowid()),
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                payload: event.payload.clone(),
+            });
         }
+        // Only now: an insert refused half-way is undone, and so must be its events here.
+        self.committing.append(&mut inserted);
         Ok((id, self.connection.last_insert_rowid()))
     }
 

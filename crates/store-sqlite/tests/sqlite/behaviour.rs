@@ -354,3 +354,51 @@ async fn close_and_reopen_keeps_everything() {
     );
     store.close().await.unwrap();
 }
+
+/// A subscription takes its own writer's new events from memory (the window of recent
+/// commits). Where another writer on the same file appended in between, the window has a
+/// gap, and the subscription must read those from the file: every event, in order, once,
+/// whether it follows live or catches up on a run of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_gets_another_writers_appends_between_its_own_writers_in_order() {
+    const EVENTS: usize = 60;
+    let dir = temp_dir();
+    let path = dir.path().join("two-writers.db");
+    let mine = open(&path);
+    let other = open(&path);
+    let mut subscription = mine.subscribe_all(None).await.expect("subscribe");
+    let (mine_stream, other_stream) = (stream_name(), stream_name());
+    let (mut mine_version, mut other_version) = (0, 0);
+    let mut followed = Vec::with_capacity(EVENTS);
+    for index in 0..EVENTS {
+        // Runs of one to three appends by each writer, so gaps come in several sizes.
+        if index % 5 < 2 {
+            let expected = ExpectedVersion::from_last_version(other_version);
+            append_one(&other, &other_stream, expected).await;
+            other_version += 1;
+        } else {
+            let expected = ExpectedVersion::from_last_version(mine_version);
+            append_one(&mine, &mine_stream, expected).await;
+            mine_version += 1;
+        }
+        // Live for the first half, one event after each append; the rest is caught up on.
+        if index < EVENTS / 2 {
+            followed.push(next_within_10_s(subscription.as_mut()).await);
+        }
+    }
+    while followed.len() < EVENTS {
+        followed.push(next_within_10_s(subscription.as_mut()).await);
+    }
+    assert_eq!(followed, read_everything(&mine).await);
+    let positions: Vec<u64> = followed.iter().map(|event| event.position).collect();
+    assert_eq!(positions, (1..=EVENTS as u64).collect::<Vec<_>>());
+}
+
+async fn next_within_10_s(
+    subscription: &mut dyn ledger_store::Subscription,
+) -> ledger_store::RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("each event arrives within 10 s")
+        .expect("the subscription reads")
+}
