@@ -10,10 +10,12 @@
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
-//! story) and `console` (the support page in headless Chromium).
+//! story), `console` (the support page in headless Chromium), and `bank` (the bank-invariant
+//! checker of issue 15 on every store).
 
 mod admission;
 mod alerts;
+mod bank;
 mod cli;
 mod cluster;
 mod concurrency;
