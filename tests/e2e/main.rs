@@ -10,8 +10,9 @@
 //! (the tools on a stopped server's data, start-up failures), `export` (export files verified
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
-//! story), `console` (the support page in headless Chromium), and `bank` (the bank-invariant
-//! checker of issue 15 on every store).
+//! story), `console` (the support page in headless Chromium), `bank` (the bank-invariant
+//! checker of issue 15 on every store) and `soak` (load through SIGKILLs of a node, a
+//! projector and the scheduler; `LEDGER_SOAK_LONG=1` for ten minutes).
 
 mod admission;
 mod alerts;
@@ -30,6 +31,7 @@ mod openapi;
 mod reads;
 mod rebuild;
 mod roles;
+mod soak;
 mod stories;
 mod storm;
 mod stripe;
