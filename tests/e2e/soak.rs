@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,7 +163,7 @@ async fn until_answered(
     role: Role,
     path: &str,
     body: &Value,
-    unanswered: &AtomicUsize,
+    unanswered: &Retries,
 ) -> (u16, Value) {
     let started = Instant::now();
     let mut attempt = 0;
@@ -176,23 +176,45 @@ async fn until_answered(
             .json(body)
             .send()
             .await;
-        if let Ok(response) = sent {
-            let status = response.status().as_u16();
-            if let Ok(text) = response.text().await {
-                if status != 503 {
-                    let json = serde_json::from_str(&text)
-                        .unwrap_or_else(|_| panic!("{path}: {status} is not JSON: {text}"));
-                    return (status, json);
+        let why = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.text().await {
+                    Ok(text) if status != 503 => {
+                        let json = serde_json::from_str(&text)
+                            .unwrap_or_else(|_| panic!("{path}: {status} is not JSON: {text}"));
+                        return (status, json);
+                    }
+                    Ok(text) => format!("503 {}", unavailable_reason(&text)),
+                    Err(_) => "cut off in the answer".to_string(),
                 }
             }
-        }
-        unanswered.fetch_add(1, Ordering::Relaxed);
+            Err(err) if err.is_timeout() => "timed out".to_string(),
+            Err(_) => "no connection".to_string(),
+        };
+        *unanswered.lock().expect("retries").entry(why).or_default() += 1;
         assert!(
             started.elapsed() < ANSWER_WITHIN,
             "{path} {body}: no answer in {ANSWER_WITHIN:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Why requests had to be sent again, and how often.
+type Retries = Mutex<BTreeMap<String, usize>>;
+
+/// A 503's message with its numbers taken out, so that like reasons count together.
+fn unavailable_reason(text: &str) -> String {
+    let message = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|json| json["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string());
+    message
+        .chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(120)
+        .collect()
 }
 
 /// What the clients were told, for the end: every acknowledged key.
@@ -220,7 +242,7 @@ async fn client(
     client: usize,
     running: Arc<AtomicBool>,
     acknowledged: Arc<Mutex<Acknowledged>>,
-    unanswered: Arc<AtomicUsize>,
+    unanswered: Arc<Retries>,
 ) -> usize {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -481,7 +503,7 @@ async fn soak_loses_nothing_doubles_nothing_through_kills() {
     let bases = Arc::new(vec![steady_base.clone(), node_base.clone()]);
     let running = Arc::new(AtomicBool::new(true));
     let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
-    let unanswered = Arc::new(AtomicUsize::new(0));
+    let unanswered: Arc<Retries> = Arc::default();
     let mut clients = Vec::new();
     for index in 0..CLIENTS {
         clients.push(tokio::spawn(client(
@@ -595,11 +617,11 @@ async fn soak_loses_nothing_doubles_nothing_through_kills() {
         expired += of_type(&stream, "hold_expired").len();
     }
     println!(
-        "soak ({}s, seed {seed}): {requests} requests by {CLIENTS} clients, {} answers that were \
-         not one (dead node, 503) and were sent again; kills {kills:?}; {events} events, \
+        "soak ({}s, seed {seed}): {requests} requests by {CLIENTS} clients, sent again after {:?}; \
+         kills {kills:?}; {events} events, \
          {charges} charges, {expired} holds expired by the scheduler; outcomes {:?}",
         duration.as_secs(),
-        unanswered.load(Ordering::Relaxed),
+        unanswered.lock().expect("retries"),
         acknowledged.counts
     );
     println!(
