@@ -103,6 +103,8 @@ pub struct Fold {
     pub forfeited: i64,
     /// Each charge id and how many `credits_charged` events carry it.
     pub charge_events: HashMap<String, usize>,
+    /// Each charge id and the global position of its event.
+    pub charge_positions: HashMap<String, u64>,
     pub hold_placed: usize,
     pub hold_resolutions: usize,
 }
@@ -307,6 +309,7 @@ impl Fold {
                 self.charged += drawn;
                 let id = data["charge_id"].as_str().expect("charge_id").to_string();
                 *self.charge_events.entry(id.clone()).or_default() += 1;
+                self.charge_positions.insert(id.clone(), position);
                 assert!(
                     self.charges.insert(id, drawn).is_none(),
                     "{context}: one charge id, one charge"
@@ -484,6 +487,8 @@ impl Fold {
 struct Shared {
     /// (account, charge id) of acknowledged charges, for refunds.
     charges: Vec<(usize, String)>,
+    /// charge id → the position its first answer gave.
+    charge_positions: HashMap<String, u64>,
     /// (account, hold id, quantity field, quantity) of placed holds.
     holds: Vec<(usize, String, &'static str, u64)>,
     /// Every successful resolution of a hold: (capture|release, answer).
@@ -696,6 +701,16 @@ fn record(shared: &Mutex<Shared>, account: usize, request: &Request, reply: &Rep
     match request.kind {
         "charge" => {
             let id = body["charge_id"].as_str().expect("charge_id").to_string();
+            let position = position(&reply.json);
+            let first = *shared
+                .charge_positions
+                .entry(id.clone())
+                .or_insert(position);
+            assert_eq!(
+                first, position,
+                "{}: a replay answers the first position",
+                reply.request
+            );
             shared.charges.push((account, id));
         }
         "hold" => {
@@ -887,6 +902,11 @@ pub async fn run_bank(label: &str, nodes: Nodes) {
         let fold = Fold::of(id, &all_events(api, id).await);
         for (charge_id, count) in &fold.charge_events {
             assert_eq!(*count, 1, "{id}: charge {charge_id} recorded once");
+            assert_eq!(
+                shared.charge_positions.get(charge_id),
+                fold.charge_positions.get(charge_id),
+                "{id}: charge {charge_id} was answered with the position of its event"
+            );
         }
         totals.0 += fold.version;
         totals.1 += fold.hold_placed;
@@ -995,4 +1015,69 @@ async fn bank_invariants_hold_on_three_postgres_nodes() {
     )
     .await;
     database.drop_now().await;
+}
+
+/// An envelope as the events endpoint answers it, with only what the fold reads.
+fn envelope(version: u64, kind: &str, data: Value) -> Value {
+    json!({"stream": "account-x", "version": version, "position": version * 10,
+           "type": kind, "data": data})
+}
+
+/// The fold's panic message for `events`, or `None` when they fold cleanly.
+fn fold_failure(events: &[Value]) -> Option<String> {
+    let events = events.to_vec();
+    std::panic::catch_unwind(move || {
+        Fold::of("x", &events);
+    })
+    .err()
+    .map(|panic| panic.downcast_ref::<String>().cloned().unwrap_or_default())
+}
+
+/// The checker is only worth its runs if it fails on the histories it exists to catch.
+#[test]
+fn the_bank_fold_rejects_gaps_overdrafts_and_holds_resolved_twice() {
+    let start = "2026-01-01T00:00:00Z";
+    let opened = envelope(
+        1,
+        "account_opened",
+        json!({"period_start": start, "allowance": 10}),
+    );
+    let part = |amount: i64| json!([{"bucket": "allowance", "id": "2026-01-01T00:00:00.000Z", "amount": amount}]);
+    let placed = envelope(
+        2,
+        "hold_placed",
+        json!({"hold_id": "h", "cost": 4, "paid_by": "credits", "earmarked": part(4)}),
+    );
+    let released = |version| {
+        envelope(
+            version,
+            "hold_released",
+            json!({"hold_id": "h", "returned": part(4), "forfeited": []}),
+        )
+    };
+    assert_eq!(
+        fold_failure(&[opened.clone(), placed.clone(), released(3)]),
+        None,
+        "a clean history folds"
+    );
+    let twice = fold_failure(&[opened.clone(), placed.clone(), released(3), released(4)]);
+    assert!(
+        twice.is_some_and(|m| m.contains("not open")),
+        "a hold resolved twice"
+    );
+    let gap = fold_failure(&[opened.clone(), released(3)]);
+    assert!(
+        gap.is_some_and(|m| m.contains("contiguous")),
+        "a version gap"
+    );
+    let overdraft = envelope(
+        2,
+        "credits_charged",
+        json!({"charge_id": "c", "cost": 11, "paid_by": "credits", "drawn_from": part(11)}),
+    );
+    let negative = fold_failure(&[opened, overdraft]);
+    assert!(
+        negative.is_some_and(|m| m.contains("negative")),
+        "an overdraft"
+    );
 }
