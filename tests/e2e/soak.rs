@@ -127,12 +127,26 @@ fn serve_args(store: &str, data: &Path, port: u16, external: bool) -> Vec<String
 
 /// Resident memory of a process in kB, from `/proc`.
 fn rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmRSS")
+}
+
+/// One `kB` line of `/proc/PID/status`.
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("/proc status")
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
+        .unwrap_or_else(|| panic!("a {field} line"))
+}
+
+/// Where a process's resident memory is: heap and stacks (anonymous), mapped files (the
+/// binary's code, SQLite's shared WAL index), shared memory. Printed beside the RSS so a
+/// difference between two nodes can be told apart from code pages one of them touched.
+fn rss_parts(pid: u32) -> String {
+    ["RssAnon", "RssFile", "RssShmem"]
+        .map(|field| format!("{field} {} kB", proc_status_kb(pid, field)))
+        .join(", ")
 }
 
 /// Waits until `/healthz` answers on `base`.
@@ -445,6 +459,7 @@ async fn fresh_node_rss(
     }
     read_at(&api, &format!("/v1/accounts/{}", account_id(0)), position).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("soak: fresh node {}", rss_parts(fresh.pid()));
     rss_kb(fresh.pid())
 }
 
@@ -658,6 +673,10 @@ async fn soak(label: &str, store: &str, dir: tempfile::TempDir) {
     assert!(expired > 0, "the scheduler expired holds through its kills");
     // The steady node's last sample is of the end of the load: the checks above read every
     // event many times over, and the allocator keeps that high-water mark for a while.
+    println!(
+        "soak on {label}: steady node now {}",
+        rss_parts(steady.pid())
+    );
     let fresh_kb = fresh_node_rss(&store, dir.path(), &acknowledged, last_position).await;
     // The 10% of the issue; a 25 s run leaves both nodes close to their start-up size, where
     // allocator arenas weigh more, so CI allows twice that.
