@@ -25,16 +25,16 @@ const VICTIM: usize = 1;
 const KILL_AFTER: usize = 300;
 
 /// A database of its own on the test server, dropped at the end.
-struct TestDatabase {
+pub(crate) struct TestDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl TestDatabase {
     /// `None` (after saying why) when no PostgreSQL answers and `CI` is not set; with `CI`
     /// set a missing server fails the test.
-    async fn create() -> Option<TestDatabase> {
+    pub(crate) async fn create() -> Option<TestDatabase> {
         let admin_url = std::env::var("LEDGER_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
         let client = match connect(&admin_url).await {
@@ -63,7 +63,7 @@ impl TestDatabase {
         })
     }
 
-    async fn drop_now(self) {
+    pub(crate) async fn drop_now(self) {
         if let Ok(client) = connect(&self.admin_url).await {
             let _ = client
                 .batch_execute(&format!(
@@ -107,7 +107,7 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// Runs `ledger ARGS` to completion and returns (success, stdout, stderr).
-fn ledger(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn ledger(args: &[&str]) -> (bool, String, String) {
     let output = ledger_command()
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -160,7 +160,7 @@ async fn charge_somewhere(
     panic!("no node answered charge {body}");
 }
 
-fn start_options(url: &str) -> Options {
+pub(crate) fn start_options(url: &str) -> Options {
     Options {
         store: Some(url.to_string()),
         ..Options::default()

@@ -11,11 +11,14 @@
 //! offline, the documented hash input), `lifecycle` (shutdown, tokens), `concurrency` (no
 //! overdraft, no double charge), `stripe` (Stripe's webhooks, signed, through the billing
 //! story), `console` (the support page in headless Chromium), `fuzz` (schemathesis's
-//! generated requests) and `security` (secrets kept out of logs, bounded requests,
-//! slow-loris, the token file's mode).
+//! generated requests), `security` (secrets kept out of logs, bounded requests, slow-loris,
+//! the token file's mode), `bank` (the bank-invariant checker of issue 15 on every store) and
+//! `soak` (load through SIGKILLs of a node, a projector and the scheduler;
+//! `LEDGER_SOAK_LONG=1` for ten minutes).
 
 mod admission;
 mod alerts;
+mod bank;
 mod cli;
 mod cluster;
 mod concurrency;
@@ -32,6 +35,7 @@ mod reads;
 mod rebuild;
 mod roles;
 mod security;
+mod soak;
 mod stories;
 mod storm;
 mod stripe;

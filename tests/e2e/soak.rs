@@ -1,0 +1,708 @@
+//! The soak of issue 15: mixed load on two `ledger serve` nodes sharing one store (a
+//! PostgreSQL database, or the embedded SQLite file) while a killer SIGKILLs, in turn, the second node (`--projectors external`), the
+//! `ledger project` process writing that node's views, and the `ledger schedule` process
+//! expiring the holds nobody resolves; each comes back on the same data directory (and port).
+//! Every request has its own key and is sent again, to either node, until it is answered.
+//! At the end nothing acknowledged is lost or doubled, every invariant of the bank fold holds,
+//! the views equal a replay, and the first node's memory is flat (see `check_memory`).
+//!
+//! CI runs it for `CI_SECONDS`; `LEDGER_SOAK_LONG=1` runs `LONG_SECONDS`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::bank::{read_at, seed, Fold, Rng};
+use crate::cluster::{ledger, TestDatabase};
+use crate::support::*;
+
+const CI_SECONDS: u64 = 25;
+const LONG_SECONDS: u64 = 600;
+const ACCOUNTS: usize = 8;
+const CLIENTS: usize = 8;
+/// Seconds between two kills; the victims take turns.
+const KILL_EVERY: Duration = Duration::from_secs(4);
+/// Holds nobody resolves expire this soon, so the scheduler has work throughout.
+const SHORT_TTL: &str = "2s";
+/// How long one request may go unanswered through kills and restarts.
+const ANSWER_WITHIN: Duration = Duration::from_secs(90);
+
+/// A loopback port nobody listens on now, for a process that must come back on it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// The processes of the soak, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `serve` with embedded projectors and no scheduler: never killed, its memory sampled.
+    Steady,
+    /// `serve --projectors external`: killed and restarted on its port.
+    Node,
+    /// `project --view all` writing the node's views.
+    Projector,
+    /// `schedule` on the node's views.
+    Scheduler,
+}
+
+/// One child process and how to start it again.
+#[derive(Debug)]
+struct Proc {
+    role: Kind,
+    child: Child,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(role: Kind, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut command = ledger_command();
+        command.args(&args).env("LEDGER_TOKENS", tokens_env());
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open a log");
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = command.spawn().expect("spawn ledger");
+        Proc {
+            role,
+            child,
+            args,
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then the same command again.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Proc::start(self.role, self.args.clone(), self.log.clone());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_args(store: &str, data: &Path, port: u16, external: bool) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--store".into(),
+        store.into(),
+        "--data".into(),
+        data.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if external {
+        args.extend(["--projectors".into(), "external".into()]);
+    } else {
+        args.push("--no-scheduler".into());
+    }
+    args
+}
+
+/// Resident memory of a process in kB, from `/proc`.
+fn rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmRSS")
+}
+
+/// One `kB` line of `/proc/PID/status`.
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc status")
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("a {field} line"))
+}
+
+/// Where a process's resident memory is: heap and stacks (anonymous), mapped files (the
+/// binary's code, SQLite's shared WAL index), shared memory. Printed beside the RSS so a
+/// difference between two nodes can be told apart from code pages one of them touched.
+fn rss_parts(pid: u32) -> String {
+    ["RssAnon", "RssFile", "RssShmem"]
+        .map(|field| format!("{field} {} kB", proc_status_kb(pid, field)))
+        .join(", ")
+}
+
+/// Waits until `/healthz` answers on `base`.
+async fn healthy(http: &reqwest::Client, base: &str, proc_: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(reply) = http.get(format!("{base}/healthz")).send().await {
+            if reply.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} never became healthy; log:\n{}",
+            proc_.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One keyed command, sent until it is answered: a connection error, a 503 or a timeout is
+/// not an answer (the node may be dead, or its store busy), so the same request goes again to
+/// a node picked in turn. Returns the status and body of the answer.
+async fn until_answered(
+    http: &reqwest::Client,
+    bases: &[String],
+    first_node: usize,
+    role: Role,
+    path: &str,
+    body: &Value,
+    unanswered: &Retries,
+) -> (u16, Value) {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let base = &bases[(first_node + attempt) % bases.len()];
+        attempt += 1;
+        let sent = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(role.token())
+            .json(body)
+            .send()
+            .await;
+        let why = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.text().await {
+                    Ok(text) if status != 503 => {
+                        let json = serde_json::from_str(&text)
+                            .unwrap_or_else(|_| panic!("{path}: {status} is not JSON: {text}"));
+                        return (status, json);
+                    }
+                    Ok(text) => format!("503 {}", unavailable_reason(&text)),
+                    Err(_) => "cut off in the answer".to_string(),
+                }
+            }
+            Err(err) if err.is_timeout() => "timed out".to_string(),
+            Err(_) => "no connection".to_string(),
+        };
+        *unanswered.lock().expect("retries").entry(why).or_default() += 1;
+        assert!(
+            started.elapsed() < ANSWER_WITHIN,
+            "{path} {body}: no answer in {ANSWER_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Why requests had to be sent again, and how often.
+type Retries = Mutex<BTreeMap<String, usize>>;
+
+/// A 503's message with its numbers taken out, so that like reasons count together.
+fn unavailable_reason(text: &str) -> String {
+    let message = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|json| json["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string());
+    message
+        .chars()
+        .filter(|c| !c.is_ascii_digit())
+        .take(120)
+        .collect()
+}
+
+/// What the clients were told, for the end: every acknowledged key.
+#[derive(Debug, Default)]
+struct Acknowledged {
+    /// account → charge ids answered 201.
+    charges: HashMap<usize, Vec<String>>,
+    /// account → purchase ids answered 201.
+    top_ups: HashMap<usize, Vec<String>>,
+    /// account → hold ids answered 201.
+    holds: HashMap<usize, Vec<String>>,
+    /// account → (path, body) of its first acknowledged charge, to replay on a fresh node.
+    first_charge: HashMap<usize, (String, Value)>,
+    counts: BTreeMap<String, usize>,
+}
+
+fn account_id(account: usize) -> String {
+    format!("soak-{account}")
+}
+
+/// One client: a seeded mix until `running` goes false.
+async fn client(
+    bases: Arc<Vec<String>>,
+    mut rng: Rng,
+    client: usize,
+    running: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Acknowledged>>,
+    unanswered: Arc<Retries>,
+) -> usize {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    // Holds this client placed and may still resolve itself.
+    let mut open_holds: Vec<(usize, String)> = Vec::new();
+    let mut sent = 0;
+    while running.load(Ordering::Relaxed) {
+        let n = sent;
+        sent += 1;
+        let account = rng.below(ACCOUNTS as u64) as usize;
+        let id = account_id(account);
+        let node = rng.below(bases.len() as u64) as usize;
+        let key = format!("{client}-{n}");
+        let roll = rng.below(100);
+        let (kind, role, path, body) = match roll {
+            0..=49 => (
+                "charge",
+                Role::Executor,
+                format!("/v1/accounts/{id}/charges"),
+                json!({"charge_id": format!("c-{key}"), "run_id": "soak", "node_id": "n",
+                       "model": "flux-schnell", "images": rng.between(1, 2)}),
+            ),
+            50..=64 => (
+                "hold",
+                Role::Executor,
+                format!("/v1/accounts/{id}/holds"),
+                json!({"hold_id": format!("h-{key}"), "run_id": "soak", "node_id": "n",
+                       "model": "kling-2", "seconds": rng.between(1, 3), "ttl": SHORT_TTL}),
+            ),
+            65..=79 if !open_holds.is_empty() => {
+                let (account, hold_id) =
+                    open_holds.swap_remove(rng.below(open_holds.len() as u64) as usize);
+                let id = account_id(account);
+                let (kind, verb, body) = if rng.chance(50) {
+                    ("capture", "capture", json!({"seconds": 1}))
+                } else {
+                    ("release", "release", json!({}))
+                };
+                (
+                    kind,
+                    Role::Executor,
+                    format!("/v1/accounts/{id}/holds/{hold_id}/{verb}"),
+                    body,
+                )
+            }
+            80..=94 => (
+                "top_up",
+                Role::Billing,
+                format!("/v1/accounts/{id}/top-ups"),
+                json!({"purchase_id": format!("p-{key}"), "credits": rng.between(50, 150)}),
+            ),
+            _ => (
+                "grant",
+                Role::Support,
+                format!("/v1/accounts/{id}/grants"),
+                json!({"grant_id": format!("g-{key}"), "credits": 20, "reason": "soak"}),
+            ),
+        };
+        let account = path
+            .strip_prefix("/v1/accounts/soak-")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|number| number.parse().ok())
+            .expect("an account in the path");
+        let (status, answer) =
+            until_answered(&http, &bases, node, role, &path, &body, &unanswered).await;
+        let outcome = match (kind, status) {
+            (_, 200 | 201) => "ok",
+            ("charge" | "hold", 402) => "insufficient",
+            // Expired by the scheduler first: the hold resolves once, by whoever came first.
+            ("capture" | "release", 409) if answer["error"]["code"] == "HOLD_CLOSED" => "closed",
+            _ => panic!("{path} {body}: answered {status}: {answer}"),
+        };
+        let mut acknowledged = acknowledged.lock().expect("acknowledged");
+        *acknowledged
+            .counts
+            .entry(format!("{kind} {outcome}"))
+            .or_default() += 1;
+        if outcome != "ok" {
+            continue;
+        }
+        match kind {
+            "charge" => {
+                acknowledged
+                    .first_charge
+                    .entry(account)
+                    .or_insert_with(|| (path.clone(), body.clone()));
+                acknowledged
+                    .charges
+                    .entry(account)
+                    .or_default()
+                    .push(body["charge_id"].as_str().expect("id").into());
+            }
+            "top_up" => acknowledged
+                .top_ups
+                .entry(account)
+                .or_default()
+                .push(body["purchase_id"].as_str().expect("id").into()),
+            "hold" => {
+                let hold_id = body["hold_id"].as_str().expect("id").to_string();
+                acknowledged
+                    .holds
+                    .entry(account)
+                    .or_default()
+                    .push(hold_id.clone());
+                // Some holds are left for the scheduler to expire.
+                if rng.chance(60) {
+                    open_holds.push((account, hold_id));
+                }
+            }
+            _ => {}
+        }
+    }
+    sent
+}
+
+/// `part` of `whole` in tenths of a percent, printed: integers, as everywhere in this code.
+fn percent(part: i128, whole: i128) -> String {
+    let tenths = part * 1000 / whole;
+    format!("{}.{}%", tenths / 10, (tenths % 10).abs())
+}
+
+/// Memory is flat: the steady node, after the whole run, holds no more than `bound_percent`
+/// above a node started afresh on the same history with the same accounts loaded.
+///
+/// The plain growth after warm-up is printed but cannot be the measure: the command handler
+/// keeps each cached account's idempotency records (every charge id, with what answered it)
+/// in memory by design, so that any late retry is answered without a store read, and the
+/// views keep every account's buckets. RSS therefore grows with the history written (about
+/// 1.3 kB per event in the first ten-minute run), on any node, however long it has been up.
+/// What a soak can catch is memory that grows with uptime, traffic, kills of its peers or
+/// retries rather than with the state: that is what the comparison with the fresh node shows.
+fn check_memory(
+    label: &str,
+    samples: &[(Duration, u64)],
+    duration: Duration,
+    fresh_kb: u64,
+    bound_percent: u64,
+) {
+    let warm = duration / 4;
+    let after: Vec<u64> = samples
+        .iter()
+        .filter(|(at, _)| *at >= warm)
+        .map(|(_, kb)| *kb)
+        .collect();
+    assert!(
+        after.len() >= 2,
+        "too few RSS samples after warm-up: {samples:?}"
+    );
+    let baseline = after[0];
+    let last = *after.last().expect("a sample");
+    println!(
+        "soak on {label}: steady node RSS {baseline} kB after warm-up ({}s), {last} kB at the end ({} \
+         growth), max {} kB; a fresh node on the same history: {fresh_kb} kB (steady against \
+         fresh: {}; bound +{bound_percent}%)",
+        warm.as_secs(),
+        percent(
+            i128::from(last) - i128::from(baseline),
+            i128::from(baseline)
+        ),
+        after.iter().max().expect("a sample"),
+        percent(
+            i128::from(last) - i128::from(fresh_kb),
+            i128::from(fresh_kb)
+        ),
+    );
+    assert!(
+        last * 100 <= fresh_kb * (100 + bound_percent),
+        "the steady node holds {last} kB, more than {bound_percent}% above the {fresh_kb} kB of \
+         a fresh node on the same history: memory grew with uptime, not with state"
+    );
+}
+
+/// Starts a node afresh on `store`, loads every account into its command handler with a
+/// replay (which writes nothing) and its views up to `position`, and returns its RSS in kB.
+async fn fresh_node_rss(
+    store: &str,
+    dir: &Path,
+    acknowledged: &Acknowledged,
+    position: u64,
+) -> u64 {
+    let port = free_port();
+    let fresh = Proc::start(
+        Kind::Steady,
+        serve_args(store, &dir.join("fresh"), port, false),
+        dir.join("fresh.log"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    healthy(&reqwest::Client::new(), &base, &fresh).await;
+    let api = Api::new(&base);
+    for account in 0..ACCOUNTS {
+        let (path, body) = acknowledged
+            .first_charge
+            .get(&account)
+            .expect("each account had a charge");
+        api.post(Role::Executor, path, body.clone())
+            .await
+            .expect(200);
+    }
+    read_at(&api, &format!("/v1/accounts/{}", account_id(0)), position).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("soak: fresh node {}", rss_parts(fresh.pid()));
+    rss_kb(fresh.pid())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_on_postgres_loses_nothing_doubles_nothing_through_kills() {
+    let Some(database) = TestDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ledger-soak-")
+        .tempdir()
+        .expect("a temporary directory");
+    soak("postgres", &database.url, dir).await;
+    database.drop_now().await;
+}
+
+/// The embedded store shared by four processes: both serve nodes, the projector and the
+/// scheduler open the one SQLite file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_on_sqlite_loses_nothing_doubles_nothing_through_kills() {
+    let dir = tempfile::Builder::new()
+        .prefix("ledger-soak-")
+        .tempdir()
+        .expect("a temporary directory");
+    let node_data = dir.path().join("node");
+    std::fs::create_dir_all(&node_data).expect("the node's data directory");
+    let store = format!("sqlite://{}", node_data.join("events.sqlite").display());
+    soak("sqlite", &store, dir).await;
+}
+
+async fn soak(label: &str, store: &str, dir: tempfile::TempDir) {
+    let long = std::env::var_os("LEDGER_SOAK_LONG").is_some_and(|value| value == "1");
+    let duration = Duration::from_secs(if long { LONG_SECONDS } else { CI_SECONDS });
+    let store = store.to_string();
+    let seed = seed(&format!("soak on {label}"));
+    let steady_data = dir.path().join("steady");
+    let node_data = dir.path().join("node");
+    let (steady_port, node_port) = (free_port(), free_port());
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+
+    let steady = Proc::start(
+        Kind::Steady,
+        serve_args(&store, &steady_data, steady_port, false),
+        log("steady"),
+    );
+    let http = reqwest::Client::new();
+    let steady_base = format!("http://127.0.0.1:{steady_port}");
+    let node_base = format!("http://127.0.0.1:{node_port}");
+    healthy(&http, &steady_base, &steady).await;
+    let node_data_arg = node_data.display().to_string();
+    let projector_args: Vec<String> = ["project", "--store", &store, "--data", &node_data_arg]
+        .map(String::from)
+        .to_vec();
+    let scheduler_args: Vec<String> = ["schedule", "--store", &store, "--data", &node_data_arg]
+        .map(String::from)
+        .to_vec();
+    std::fs::create_dir_all(&node_data).expect("the node's data directory");
+    let mut victims = vec![
+        Proc::start(Kind::Projector, projector_args, log("projector")),
+        Proc::start(
+            Kind::Node,
+            serve_args(&store, &node_data, node_port, true),
+            log("node"),
+        ),
+        Proc::start(Kind::Scheduler, scheduler_args, log("scheduler")),
+    ];
+    healthy(&http, &node_base, &victims[1]).await;
+
+    let api = Api::new(&steady_base);
+    for account in 0..ACCOUNTS {
+        let id = account_id(account);
+        open(&api, &id).await;
+        subscribe(&api, &id, "pro").await;
+    }
+
+    let bases = Arc::new(vec![steady_base.clone(), node_base.clone()]);
+    let running = Arc::new(AtomicBool::new(true));
+    let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
+    let unanswered: Arc<Retries> = Arc::default();
+    let mut clients = Vec::new();
+    for index in 0..CLIENTS {
+        clients.push(tokio::spawn(client(
+            bases.clone(),
+            Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9)),
+            index,
+            running.clone(),
+            acknowledged.clone(),
+            unanswered.clone(),
+        )));
+    }
+
+    // The killer and the memory sampler share the main task.
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut next_kill = started + KILL_EVERY;
+    let mut turn = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((started.elapsed(), rss_kb(steady.pid())));
+        if Instant::now() >= next_kill {
+            let victim = &mut victims[turn % 3];
+            victim.kill_and_restart();
+            *kills
+                .entry(match victim.role {
+                    Kind::Node => "serve node",
+                    Kind::Projector => "projector",
+                    Kind::Scheduler => "scheduler",
+                    Kind::Steady => unreachable!("the steady node is never killed"),
+                })
+                .or_default() += 1;
+            if victim.role == Kind::Node {
+                healthy(&http, &node_base, victim).await;
+            }
+            turn += 1;
+            next_kill = Instant::now() + KILL_EVERY;
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+    let mut requests = 0;
+    for client in clients {
+        requests += client.await.expect("a client");
+    }
+    let acknowledged = Arc::try_unwrap(acknowledged)
+        .map_err(|_| ())
+        .expect("no client left")
+        .into_inner()
+        .expect("acknowledged");
+
+    // The scheduler expires what is left open; then every node's views equal the replay.
+    let mut charges = 0;
+    let mut events = 0;
+    let mut expired = 0;
+    let mut last_position = 0;
+    for account in 0..ACCOUNTS {
+        let id = account_id(account);
+        let fold = eventually(Duration::from_secs(60), "open holds to expire", || {
+            let api = api.clone();
+            let id = id.clone();
+            async move {
+                let stream = all_events(&api, &id).await;
+                let fold = Fold::of(&id, &stream);
+                (fold.held() == 0).then_some((fold, stream))
+            }
+        })
+        .await;
+        let (fold, stream) = fold;
+        for charge_id in acknowledged.charges.get(&account).into_iter().flatten() {
+            assert_eq!(
+                fold.charge_events.get(charge_id),
+                Some(&1),
+                "{id}: acknowledged charge {charge_id} is recorded exactly once"
+            );
+        }
+        let acked_charges = acknowledged.charges.get(&account).map_or(0, Vec::len);
+        assert_eq!(
+            fold.charge_events.len(),
+            acked_charges,
+            "{id}: every recorded charge was acknowledged (each request was answered)"
+        );
+        for purchase_id in acknowledged.top_ups.get(&account).into_iter().flatten() {
+            assert_eq!(
+                stream
+                    .iter()
+                    .filter(|e| e["type"] == "top_up_purchased"
+                        && e["data"]["purchase_id"] == purchase_id.as_str())
+                    .count(),
+                1,
+                "{id}: acknowledged top-up {purchase_id} recorded once"
+            );
+        }
+        let placed = of_type(&stream, "hold_placed").len();
+        assert_eq!(
+            placed,
+            acknowledged.holds.get(&account).map_or(0, Vec::len),
+            "{id}: every acknowledged hold placed once"
+        );
+        for base in bases.iter() {
+            let view = read_at(
+                &Api::new(base),
+                &format!("/v1/accounts/{id}"),
+                fold.position,
+            )
+            .await;
+            fold.check_summary(&id, &view);
+        }
+        last_position = last_position.max(fold.position);
+        charges += fold.charge_events.len();
+        events += fold.version;
+        expired += of_type(&stream, "hold_expired").len();
+    }
+    println!(
+        "soak on {label} ({}s, seed {seed}): {requests} requests by {CLIENTS} clients, sent again after {:?}; \
+         kills {kills:?}; {events} events, \
+         {charges} charges, {expired} holds expired by the scheduler; outcomes {:?}",
+        duration.as_secs(),
+        unanswered.lock().expect("retries"),
+        acknowledged.counts
+    );
+    println!(
+        "soak on {label}: steady node RSS samples (s, kB): {:?}",
+        samples
+            .iter()
+            .map(|(at, kb)| (at.as_secs(), *kb))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        kills.values().sum::<usize>() >= 3,
+        "each victim was killed: {kills:?}"
+    );
+    assert!(expired > 0, "the scheduler expired holds through its kills");
+    // The steady node's last sample is of the end of the load: the checks above read every
+    // event many times over, and the allocator keeps that high-water mark for a while.
+    println!(
+        "soak on {label}: steady node now {}",
+        rss_parts(steady.pid())
+    );
+    let fresh_kb = fresh_node_rss(&store, dir.path(), &acknowledged, last_position).await;
+    // The 10% of the issue; a 25 s run leaves both nodes close to their start-up size, where
+    // allocator arenas weigh more, so CI allows twice that.
+    check_memory(
+        label,
+        &samples,
+        duration,
+        fresh_kb,
+        if long { 10 } else { 20 },
+    );
+
+    // Offline: both nodes' views equal a replay, and the shared history verifies.
+    drop(victims);
+    drop(steady);
+    for data in [&steady_data, &node_data] {
+        let data = data.to_str().expect("a UTF-8 path");
+        let (ok, out, err) = ledger(&["audit", "reconcile", "--data", data, "--store", &store]);
+        assert!(ok, "reconcile on {data}: {out}\n{err}");
+    }
+    let (ok, out, err) = ledger(&[
+        "audit",
+        "verify",
+        "--data",
+        steady_data.to_str().expect("a UTF-8 path"),
+        "--store",
+        &store,
+    ]);
+    assert!(ok, "verify: {out}\n{err}");
+}
