@@ -77,7 +77,11 @@ fn run(cli: &Path, dir: &Path, base: &str, mode: &str, extra: &[&str]) -> (bool,
         ])
         .args(["--checks", CHECKS])
         .args(["--mode", mode])
-        .args(["--max-examples", EXAMPLES, "--seed", SEED, "--workers", "2"])
+        // One worker: with two, CPython 3.11's `ast` module (whose recursion counter is
+        // per interpreter, not per thread) can fail inside hypothesis while it describes a
+        // strategy ("AST constructor recursion depth mismatch"), an error of the tool that
+        // fails the run without any request of ours being at fault.
+        .args(["--max-examples", EXAMPLES, "--seed", SEED, "--workers", "1"])
         .args(["--no-shrink", "--request-timeout", "20"])
         .args(extra)
         .output()
