@@ -1,6 +1,7 @@
 //! Structure-aware mutations of JSON documents for the proptest fuzz targets: shared by the
 //! domain's envelope fuzzing and (through `#[path]`) the service's request-body fuzzing.
 
+use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 /// One structural change to a JSON object.
@@ -14,6 +15,42 @@ pub enum Mutation {
     Add(String, Value),
     /// Replace the n-th field by arrays nested this deep.
     Nest(usize, usize),
+}
+
+/// Values of every JSON type and the edges of numbers and times, which both fuzz targets
+/// put in place of fields; each target adds the values its own documents are sensitive to.
+pub fn odd_value(own: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        Just(json!(u64::MAX)),
+        Just(json!(i64::MIN)),
+        Just(json!(-1)),
+        Just(json!(0)),
+        Just(json!(1e308)),
+        Just(json!(2.5)),
+        ".{0,40}".prop_map(Value::String),
+        Just(json!("9999-12-31T23:59:59.999999999Z")),
+        Just(json!([])),
+        Just(json!({})),
+        own,
+    ]
+    .boxed()
+}
+
+/// One mutation: a field removed, replaced by `values`, added under a name matching
+/// `names`, or replaced by arrays nested up to `depth_max` deep.
+pub fn mutation(
+    values: BoxedStrategy<Value>,
+    names: &'static str,
+    depth_max: usize,
+) -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Remove),
+        (any::<usize>(), values.clone()).prop_map(|(at, value)| Mutation::Replace(at, value)),
+        (names, values).prop_map(|(name, value)| Mutation::Add(name, value)),
+        (any::<usize>(), 1usize..depth_max).prop_map(|(at, depth)| Mutation::Nest(at, depth)),
+    ]
 }
 
 /// Where a `Nest` mutation leaves its marker, replaced by the nesting in the text: building a
