@@ -60,11 +60,9 @@ pub async fn run(
             };
             match record {
                 Ok(record) => {
-                    if let Err(error) = start_watch(store.as_ref(), &mut watches, &record).await {
-                        match error {
-                            AlertsError::Store(StoreError::Unavailable(message)) => break message,
-                            error => return Err(error),
-                        }
+                    match start_watch(store.as_ref(), &mut watches, &record).await {
+                        Err(AlertsError::Store(StoreError::Unavailable(message))) => break message,
+                        started => started?,
                     }
                     if let Some(account_id) = fold(&mut watches, &mut batch, &record)? {
                         dirty.insert(account_id);
@@ -185,7 +183,14 @@ fn fold(
     let Some(account_id) = account_of_stream(&record.stream) else {
         return Ok(None);
     };
-    if !watches.contains_key(account_id) && record.event_type != ALERTS_CONFIGURED {
+    // Only accounts that configured alerts are watched: `start_watch` made the watch at
+    // their `alerts_configured` event.
+    let Some((version, watch)) = watches.get_mut(account_id) else {
+        return Ok(None);
+    };
+    // The version guard: an event already folded (a resubscription overlapping the
+    // checkpoint) changes nothing.
+    if record.version <= *version {
         return Ok(None);
     }
     let unreadable = |message: String| AlertsError::Decode {
@@ -201,16 +206,6 @@ fn fold(
         .occurred_at
         .parse()
         .map_err(|error| unreadable(format!("bad occurred_at: {error}")))?;
-    // `start_watch` made the watch of a configuring account, unless its stream did not
-    // start with an opening (which the rules never write).
-    let Some((version, watch)) = watches.get_mut(account_id) else {
-        return Ok(None);
-    };
-    // The version guard: an event already folded (a resubscription overlapping the
-    // checkpoint) changes nothing.
-    if record.version <= *version {
-        return Ok(None);
-    }
     *version = record.version;
     let notifications = watch.apply(&event, record.version, occurred_at);
     if let Some(url) = watch.config.as_ref().and_then(|config| config.url.clone()) {

@@ -95,7 +95,6 @@ pub(crate) fn spawn(
                     streams: HashMap::new(),
                     data_version,
                     head: head_sender,
-                    inserted: None,
                     recent,
                     committing: Vec::new(),
                 })
@@ -256,11 +255,10 @@ struct Writer<'c> {
     streams: HashMap<String, Stream>,
     data_version: i64,
     head: watch::Sender<Option<GlobalPosition>>,
-    /// Position of the last event inserted by the open transaction.
-    inserted: Option<i64>,
     /// Where committed events go for this process's subscribers.
     recent: Arc<Recent>,
-    /// The events the open transaction inserted, for `recent` once it commits.
+    /// The events the open transaction inserted, in position order: for `recent` once it
+    /// commits, and the last one's position is the new head.
     committing: Vec<RecordedEvent>,
 }
 
@@ -334,7 +332,6 @@ impl Writer<'_> {
         answers: &mut Vec<Answer>,
         intake: &mut Intake<'_>,
     ) -> Result<(), Fatal> {
-        self.inserted = None;
         self.committing.clear();
         self.statements.begin.execute([])?;
         let version = self.statements.data_version()?;
@@ -355,10 +352,10 @@ impl Writer<'_> {
             }
         }
         self.statements.commit.execute([])?;
-        if let Some(position) = self.inserted {
+        if let Some(head) = self.committing.last().map(|event| event.position) {
             // Before the head moves: a subscriber woken by it finds the events here.
             self.recent.committed(self.committing.drain(..));
-            self.head.send_replace(Some(unsigned(position)));
+            self.head.send_replace(Some(head));
             self.checkpointer.committed();
         }
         Ok(())
@@ -390,7 +387,6 @@ impl Writer<'_> {
                         version: last_version,
                     },
                 );
-                self.inserted = Some(position);
                 Ok(Ok(AppendOutcome {
                     first_version: base + 1,
                     last_version,
@@ -426,17 +422,22 @@ impl Writer<'_> {
                 self.connection.last_insert_rowid()
             }
         };
-        let mut inserted = Vec::with_capacity(events.len());
+        let start = self.committing.len();
         for (offset, event) in events.iter().enumerate() {
             let version = base + 1 + offset as u64;
-            self.statements.insert.execute(params![
+            let inserted = self.statements.insert.execute(params![
                 id,
                 sql(version),
                 &event.event_id.as_bytes()[..],
                 event.event_type,
                 event.payload,
-            ])?;
-            inserted.push(RecordedEvent {
+            ]);
+            if let Err(error) = inserted {
+                // An insert refused half-way is undone, and so must be its events here.
+                self.committing.truncate(start);
+                return Err(error.into());
+            }
+            self.committing.push(RecordedEvent {
                 stream: name.to_owned(),
                 version,
                 position: unsigned(self.connection.last_insert_rowid()),
@@ -445,8 +446,6 @@ impl Writer<'_> {
                 payload: event.payload.clone(),
             });
         }
-        // Only now: an insert refused half-way is undone, and so must be its events here.
-        self.committing.append(&mut inserted);
         Ok((id, self.connection.last_insert_rowid()))
     }
 
