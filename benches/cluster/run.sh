@@ -27,27 +27,14 @@ WARMUP="${WARMUP:-3}"
 PG="${PG:-${LEDGER_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
 HERE="benches/cluster"
 
-log() { printf '== %s\n' "$*" >&2; }
+source benches/lib.sh
 
-for tool in wrk pgbench psql curl; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        log "installing $tool"
-        timeout 300 apt-get update -qq >/dev/null
-        case "$tool" in
-            pgbench | psql) timeout 600 apt-get install -y -qq postgresql-client postgresql-contrib >/dev/null ;;
-            *) timeout 300 apt-get install -y -qq "$tool" >/dev/null ;;
-        esac
-    fi
-done
+need wrk
+need curl
+need pgbench postgresql-client postgresql-contrib
+need psql postgresql-client
 
-# LEDGER_BIN measures a given binary instead of building one.
-if [[ -n "${LEDGER_BIN:-}" ]]; then
-    BIN="$LEDGER_BIN"
-else
-    log "building the release binary"
-    timeout 3600 cargo build --release -p ledger-cli --quiet
-    BIN="target/release/ledger"
-fi
+ledger_bin
 
 WORK="$(mktemp -d -t ledger-cluster-XXXXXX)"
 DB="ledger_bench_$$"

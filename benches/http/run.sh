@@ -20,23 +20,12 @@ ACCOUNTS="${ACCOUNTS:-200}"
 WARMUP="${WARMUP:-3}"
 HERE="benches/http"
 
-log() { printf '== %s\n' "$*" >&2; }
+source benches/lib.sh
 
-if ! command -v wrk >/dev/null 2>&1; then
-    log "installing wrk"
-    timeout 300 apt-get update -qq >/dev/null
-    timeout 300 apt-get install -y -qq wrk >/dev/null
-fi
-command -v curl >/dev/null 2>&1 || { timeout 300 apt-get update -qq >/dev/null; timeout 300 apt-get install -y -qq curl >/dev/null; }
+need wrk
+need curl
 
-# LEDGER_BIN measures a given binary (e.g. an older build, for a before/after comparison).
-if [[ -n "${LEDGER_BIN:-}" ]]; then
-    BIN="$LEDGER_BIN"
-else
-    log "building the release binary"
-    timeout 3600 cargo build --release -p ledger-cli --quiet
-    BIN="target/release/ledger"
-fi
+ledger_bin
 
 WORK="$(mktemp -d -t ledger-bench-XXXXXX)"
 SERVER_PID=""

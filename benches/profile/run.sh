@@ -20,21 +20,12 @@ CHARGES="${CHARGES:-2000}"
 ACCOUNTS="${ACCOUNTS:-50}"
 CONNECTIONS="${CONNECTIONS:-8}"
 
-log() { printf '== %s\n' "$*" >&2; }
+source benches/lib.sh
 
-if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_annotate >/dev/null 2>&1; then
-    log "installing valgrind"
-    timeout 300 apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq valgrind >/dev/null
-fi
+need valgrind
+need callgrind_annotate valgrind
 
-if [[ -n "${LEDGER_BIN:-}" ]]; then
-    BIN="$LEDGER_BIN"
-else
-    log "building the release binary (with line tables, for symbols)"
-    timeout 3600 cargo build --release -p ledger-cli --quiet
-    BIN="${CARGO_TARGET_DIR:-target}/release/ledger"
-fi
+ledger_bin
 
 WORK="$(mktemp -d -t ledger-profile-XXXXXX)"
 SERVER_PID=""
