@@ -14,7 +14,9 @@
 //! large top-up, so nothing is refused.
 //!
 //! Run with `cargo bench -p ledger-service --bench charges`. `LEDGER_BENCH_RUNS` and
-//! `LEDGER_BENCH_MILLIS` change the number and length of the runs (default 3 x 3000 ms).
+//! `LEDGER_BENCH_MILLIS` change the number and length of the runs (default 3 x 3000 ms);
+//! `LEDGER_BENCH_ONLY="one account"` runs only the scenarios whose name contains the text (for
+//! profiling one of them).
 //! Runs alternate ledger, naive, peer, so that a noisy moment hits all three alike.
 
 // Rates and ratios of measurements are floats; no credit amount is.
@@ -70,7 +72,11 @@ fn main() -> BenchResult<()> {
         "| scenario | ledger (charges/s) | naive: tx per charge | ledger ÷ naive | cqrs-es peer | ledger ÷ peer | peer conflicts |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let only = std::env::var("LEDGER_BENCH_ONLY").unwrap_or_default();
     for (name, tasks, accounts) in SCENARIOS {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let mut ledger_rates = Vec::with_capacity(runs);
         let mut naive_rates = Vec::with_capacity(runs);
         let mut peer_rates = Vec::with_capacity(runs);

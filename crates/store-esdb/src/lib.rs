@@ -276,6 +276,8 @@ impl EsdbStore {
             first_version: base + 1,
             last_version: last.version,
             position: last.position,
+            // Log positions have gaps.
+            first_position: None,
         }))
     }
 

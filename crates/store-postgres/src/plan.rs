@@ -71,6 +71,7 @@ impl<'b> Plan<'b> {
             return;
         }
         let stream = request.stream.as_str();
+        let first_position = self.last_position + 1;
         for (offset, event) in request.events.iter().enumerate() {
             let version = base + 1 + offset as u64;
             self.last_position += 1;
@@ -95,6 +96,7 @@ impl<'b> Plan<'b> {
             first_version: base + 1,
             last_version,
             position: self.last_position,
+            first_position: Some(first_position),
         }));
     }
 
@@ -103,6 +105,7 @@ impl<'b> Plan<'b> {
     pub(crate) fn shift_positions(&mut self, offset: u64) {
         for outcome in self.answers.iter_mut().flatten().flatten() {
             outcome.position += offset;
+            outcome.first_position = outcome.first_position.map(|first| first + offset);
         }
         self.last_position += offset;
     }
@@ -221,6 +224,7 @@ fn settle<'s>(
     }
     let mut all_match = true;
     let mut position = 0;
+    let mut first = None;
     for (offset, new) in request.events.iter().enumerate() {
         let version = base + 1 + offset as u64;
         let Some(stored) = (version <= actual).then(|| slot(version)).flatten() else {
@@ -237,13 +241,15 @@ fn settle<'s>(
             });
         }
         position = stored.position;
+        first = first.or(Some(position));
     }
     if !all_match {
         return wrong_version();
     }
-    Ok(AppendOutcome {
-        first_version: base + 1,
-        last_version: base + request.events.len() as u64,
+    Ok(AppendOutcome::retried(
+        base + 1,
+        base + request.events.len() as u64,
+        first,
         position,
-    })
+    ))
 }

@@ -375,7 +375,7 @@ impl Writer<'_> {
             self.execute("SAVEPOINT append")?;
         }
         match self.insert_all(&request.stream, stream.id, base, &request.events) {
-            Ok((id, position)) => {
+            Ok((id, first, position)) => {
                 if guarded {
                     self.execute("RELEASE append")?;
                 }
@@ -391,6 +391,7 @@ impl Writer<'_> {
                     first_version: base + 1,
                     last_version,
                     position: unsigned(position),
+                    first_position: Some(unsigned(first)),
                 }))
             }
             Err(InsertError::Constraint(error)) => {
@@ -412,7 +413,7 @@ impl Writer<'_> {
         id: Option<i64>,
         base: StreamVersion,
         events: &[NewEvent],
-    ) -> Result<(i64, i64), InsertError> {
+    ) -> Result<(i64, i64, i64), InsertError> {
         let id = match id {
             Some(id) => id,
             None => {
@@ -446,7 +447,12 @@ impl Writer<'_> {
                 payload: event.payload.clone(),
             });
         }
-        Ok((id, self.connection.last_insert_rowid()))
+        let first = self.committing.get(start).map_or(0, |event| event.position);
+        Ok((
+            id,
+            i64::try_from(first).unwrap_or(i64::MAX),
+            self.connection.last_insert_rowid(),
+        ))
     }
 
     /// Answers an append whose insert broke a uniqueness rule although the cache said the
@@ -489,6 +495,7 @@ impl Writer<'_> {
         let mut rows = slots.query(params![id, sql(base), sql(request.events.len() as u64)])?;
         let mut all_match = true;
         let mut position = 0;
+        let mut first = None;
         for new in &request.events {
             let Some(row) = rows.next()? else {
                 all_match = false;
@@ -506,15 +513,17 @@ impl Writer<'_> {
                 }));
             }
             position = row.get(0)?;
+            first = first.or(Some(position));
         }
         if !all_match {
             return wrong_version();
         }
-        Ok(Ok(AppendOutcome {
-            first_version: base + 1,
-            last_version: base + request.events.len() as u64,
-            position: unsigned(position),
-        }))
+        Ok(Ok(AppendOutcome::retried(
+            base + 1,
+            base + request.events.len() as u64,
+            first.map(unsigned),
+            unsigned(position),
+        )))
     }
 
     /// The stream's id and last version, from the cache or the file.

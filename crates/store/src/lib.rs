@@ -90,6 +90,40 @@ pub struct AppendOutcome {
     pub last_version: StreamVersion,
     /// Global position of the last event appended.
     pub position: GlobalPosition,
+    /// Global position of the first event appended, set only when the store gave the
+    /// append's events consecutive positions (`first_position..=position`, one per event),
+    /// as the SQLite and PostgreSQL stores do for a fresh append. `None` where positions have
+    /// gaps (EventStoreDB's log positions): callers that need every event's position then
+    /// read the events back. A retry of stored events says what the first append said.
+    pub first_position: Option<GlobalPosition>,
+}
+
+impl AppendOutcome {
+    /// The outcome of a retry whose events were all found stored, the first at
+    /// `first_position` and the last at `position`: the same as the first answer's when the
+    /// events were stored consecutively, as one append stores them.
+    pub fn retried(
+        first_version: StreamVersion,
+        last_version: StreamVersion,
+        first_position: Option<GlobalPosition>,
+        position: GlobalPosition,
+    ) -> AppendOutcome {
+        let count = last_version.saturating_sub(first_version);
+        AppendOutcome {
+            first_version,
+            last_version,
+            position,
+            first_position: first_position
+                .filter(|first| position.checked_sub(*first) == Some(count)),
+        }
+    }
+
+    /// The position of every event appended, in version order, when they are consecutive.
+    pub fn consecutive_positions(&self) -> Option<std::ops::RangeInclusive<GlobalPosition>> {
+        let first = self.first_position?;
+        let count = self.last_version.checked_sub(self.first_version)?;
+        (self.position.checked_sub(first)? == count).then_some(first..=self.position)
+    }
 }
 
 /// Why a store operation failed. Callers retry `WrongExpectedVersion` after re-reading the

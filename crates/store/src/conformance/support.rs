@@ -107,6 +107,19 @@ impl<'a, S: EventStore> Check<'a, S> {
                     (outcome.first_version, outcome.last_version),
                     (first, first + count - 1),
                 );
+                if let Some(claimed) = outcome.consecutive_positions() {
+                    // A store that says its positions are consecutive is taken at its word
+                    // by the command handler, which then reads nothing back.
+                    let stored = self.read_stream(stream, first, count as usize).await;
+                    self.ensure_eq(
+                        &format!("positions of the append to {stream} at {expected}"),
+                        stored
+                            .iter()
+                            .map(|event| event.position)
+                            .collect::<Vec<_>>(),
+                        claimed.collect(),
+                    );
+                }
                 outcome
             }
             Err(error) => self.fail(format_args!(

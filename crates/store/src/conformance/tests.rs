@@ -108,6 +108,7 @@ impl EventStore for MemoryStore {
                     first_version: base + 1,
                     last_version: base + events.len() as u64,
                     position: last_position,
+                    first_position: None,
                 });
             }
             return Err(wrong);
@@ -143,6 +144,7 @@ impl EventStore for MemoryStore {
             first_version: base + 1,
             last_version: base + count,
             position,
+            first_position: None,
         })
     }
 
