@@ -396,3 +396,29 @@ fn usage_nets_refunds_out_on_the_charges_day_and_counts_trial_runs_at_zero() {
         Err(UsageRangeError::Reversed { .. })
     ));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The usage row writes its days itself (for speed); the bytes must stay chrono's, or a
+    /// view file written before would read back differently from one written after.
+    #[test]
+    fn a_usage_row_stores_its_days_exactly_as_chrono_writes_them(
+        days_from_ce in -1_000_000i32..4_000_000,
+    ) {
+        let date = chrono::NaiveDate::from_num_days_from_ce_opt(days_from_ce).expect("in range");
+        let chrono_text = serde_json::to_value(date).expect("chrono serialises");
+        let mut usage = Usage::default();
+        usage.days.entry(date).or_default().insert("m".into(), Tally::default());
+        usage.charges.insert(
+            "c".into(),
+            ledger_domain::usage::Charged(date, "m".into(), ledger_domain::Credits::new(1)),
+        );
+        let stored = serde_json::to_value(&usage).expect("a usage row serialises");
+        prop_assert_eq!(&stored["charges"]["c"][0], &chrono_text);
+        let key = stored["days"].as_object().expect("days is a map").keys().next().cloned();
+        prop_assert_eq!(key.as_deref(), chrono_text.as_str());
+        let read: Usage = serde_json::from_value(stored).expect("a stored row reads back");
+        prop_assert_eq!(read, usage);
+    }
+}
