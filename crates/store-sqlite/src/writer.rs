@@ -390,8 +390,8 @@ impl Writer<'_> {
                 Ok(Ok(AppendOutcome {
                     first_version: base + 1,
                     last_version,
-                    position: unsigned(position),
-                    first_position: Some(unsigned(first)),
+                    position,
+                    first_position: Some(first),
                 }))
             }
             Err(InsertError::Constraint(error)) => {
@@ -406,14 +406,14 @@ impl Writer<'_> {
     }
 
     /// Inserts `events` as versions `base + 1 ..` of the stream (creating its row when `id`
-    /// is `None`); returns the stream's id and the last event's position.
+    /// is `None`); returns the stream's id and the positions of the first and last events.
     fn insert_all(
         &mut self,
         name: &str,
         id: Option<i64>,
         base: StreamVersion,
         events: &[NewEvent],
-    ) -> Result<(i64, i64, i64), InsertError> {
+    ) -> Result<(i64, GlobalPosition, GlobalPosition), InsertError> {
         let id = match id {
             Some(id) => id,
             None => {
@@ -447,12 +447,9 @@ impl Writer<'_> {
                 payload: event.payload.clone(),
             });
         }
-        let first = self.committing.get(start).map_or(0, |event| event.position);
-        Ok((
-            id,
-            i64::try_from(first).unwrap_or(i64::MAX),
-            self.connection.last_insert_rowid(),
-        ))
+        let appended = &self.committing[start..];
+        let position = |event: Option<&RecordedEvent>| event.map_or(0, |event| event.position);
+        Ok((id, position(appended.first()), position(appended.last())))
     }
 
     /// Answers an append whose insert broke a uniqueness rule although the cache said the
