@@ -59,7 +59,7 @@ pub mod day {
 
     /// A day as a `serde` value, for map keys.
     #[derive(Debug)]
-    pub struct Day<'a>(pub &'a NaiveDate);
+    struct Day<'a>(&'a NaiveDate);
 
     impl Serialize for Day<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
