@@ -51,6 +51,8 @@ pub struct Envelope {
     pub version: u64,
     /// Global position; known only once the store has committed the event.
     pub position: Option<u64>,
+    /// The version `event` was stored at; `event` itself is upcast to the current one. What
+    /// was stored is what the hash covers, and the usage view tells charges apart by it.
     pub schema_version: u32,
     pub occurred_at: Instant,
     pub recorded_at: Instant,
@@ -176,9 +178,7 @@ impl RawEnvelope {
             stream: self.stream.clone(),
             version: self.version,
             position: self.position,
-            // The decoded event is at the current version, whatever was stored.
-            schema_version: Event::current_schema_version(&self.type_name)
-                .unwrap_or(self.schema_version),
+            schema_version: self.schema_version,
             occurred_at: parse_instant(&self.occurred_at)?,
             recorded_at: parse_instant(&self.recorded_at)?,
             command_id: self.command_id.clone(),

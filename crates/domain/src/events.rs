@@ -254,8 +254,10 @@ pub struct TrialWindowClosed {
     pub closed_at: Instant,
 }
 
-/// `credits_charged`, schema version 2. Version 1 lacked `via`, `paid_by` and
-/// `balance_after`; see [`crate::upcast`].
+/// `credits_charged`, schema version 3. Version 1 lacked `via`, `paid_by` and
+/// `balance_after`; see [`crate::upcast`]. Version 3 has version 2's fields: it marks a charge
+/// whose refund, if any, is a `charge_refunded` v2 that names it, which is all the usage view
+/// needs to know to forget it ([`crate::usage`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreditsCharged {
@@ -275,10 +277,19 @@ pub struct CreditsCharged {
     pub balance_after: Option<Credits>,
 }
 
+/// `charge_refunded`, schema version 2. Version 1 named the charge by `charge_id` only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChargeRefunded {
     pub charge_id: String,
+    /// The refunded charge's model; `None` only for a version 1 refund.
+    pub model: Option<String>,
+    /// The stream version of the refunded charge's `credits_charged`; `None` only for a
+    /// version 1 refund.
+    pub charge_version: Option<u64>,
+    /// The refunded charge's cost; `None` only for a version 1 refund. The parts do not
+    /// always add up to it: an unlimited account's charge returns nothing.
+    pub cost: Option<Credits>,
     pub reason: String,
     pub returned: Vec<Part>,
     pub forfeited: Vec<Part>,
@@ -422,8 +433,8 @@ events! {
     TrialRunConsumed(TrialRunConsumed) = "trial_run_consumed" v 1,
     TrialWindowOpened(TrialWindowOpened) = "trial_window_opened" v 1,
     TrialWindowClosed(TrialWindowClosed) = "trial_window_closed" v 1,
-    CreditsCharged(CreditsCharged) = "credits_charged" v 2,
-    ChargeRefunded(ChargeRefunded) = "charge_refunded" v 1,
+    CreditsCharged(CreditsCharged) = "credits_charged" v 3,
+    ChargeRefunded(ChargeRefunded) = "charge_refunded" v 2,
     HoldPlaced(HoldPlaced) = "hold_placed" v 1,
     HoldCaptured(HoldCaptured) = "hold_captured" v 1,
     HoldReleased(HoldReleased) = "hold_released" v 1,

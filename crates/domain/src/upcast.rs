@@ -37,6 +37,14 @@ pub fn decode_event(
 fn upcast_once(type_name: &str, version: u32, value: Value) -> Result<Value, DecodeError> {
     match (type_name, version) {
         ("credits_charged", 1) => credits_charged_v1_to_v2(value),
+        // v3 has v2's fields: its version alone says that refunds name the charge.
+        ("credits_charged", 2) => Ok(value),
+        ("charge_refunded", 1) => {
+            // v1 named the charge by its id only: its model, version and cost are unknown.
+            let value = add_field(value, "charge_refunded", "model", |_| Value::Null)?;
+            let value = add_field(value, "charge_refunded", "charge_version", |_| Value::Null)?;
+            add_field(value, "charge_refunded", "cost", |_| Value::Null)
+        }
         ("tier_changed", 1) => add_field(value, "tier_changed", "allowance_period_start", |data| {
             // v1 started every allowance window at the subscription's own start.
             data.get("period_start").cloned().unwrap_or(Value::Null)

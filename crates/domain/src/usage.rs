@@ -3,8 +3,13 @@
 //! account, folded by [`Usage::apply`]; reports are read from it, never from the stream.
 //!
 //! A refund takes its run back from the day and model of the charge it refunds (the run
-//! failed, so it was never usage), which is why the row remembers each charge until it is
-//! refunded. A captured hold is a run on the day of its capture, at the captured cost.
+//! failed, so it was never usage). A refund names its charge's model, stream version and cost
+//! (`charge_refunded` v2), and the row keeps the day of each run of charge versions, so it
+//! stays as small as the days it counts: a hot account's row used to remember every charge
+//! it ever took, and a projector wrote all of it again for every batch (issue 18). Only
+//! charges stored before `credits_charged` v3 are remembered by id, for the version 1 refunds
+//! that name nothing else. A captured hold is a run on the day of its capture, at the
+//! captured cost.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +19,34 @@ use serde::{Deserialize, Serialize};
 use crate::admission::NodeType;
 use crate::catalog::{Catalog, ModelKind};
 use crate::credits::Credits;
-use crate::events::Event;
+use crate::envelope::Envelope;
+use crate::events::{ChargeRefunded, Event};
 use crate::time::{rfc3339, Instant};
+
+/// From this schema version of `credits_charged` on, the ledger that wrote a charge names it
+/// in its refund (`charge_refunded` v2), so the row need not remember the charge.
+pub const CHARGES_NAMED_BY_REFUNDS_FROM: u32 = 3;
+
+/// What the usage fold reads of an event's envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The event's stream version.
+    pub version: u64,
+    /// The schema version the event was stored at, before upcasting.
+    pub schema_version: u32,
+    /// When it took effect: a run counts on this UTC day.
+    pub occurred_at: Instant,
+}
+
+impl Stored {
+    pub fn of(envelope: &Envelope) -> Stored {
+        Stored {
+            version: envelope.version,
+            schema_version: envelope.schema_version,
+            occurred_at: envelope.occurred_at,
+        }
+    }
+}
 
 /// Runs and credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -41,7 +72,8 @@ impl Tally {
     }
 }
 
-/// A charge not refunded (yet): where its refund would take the run back from.
+/// A charge stored before v3 and not refunded (yet): where a version 1 refund would take its
+/// run back from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Charged(
     #[serde(serialize_with = "day::serialize")] pub NaiveDate,
@@ -49,9 +81,16 @@ pub struct Charged(
     pub Credits,
 );
 
+/// From stream version `.0` on, the account's charges fell on day `.1`, until the next entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeDay(
+    pub u64,
+    #[serde(serialize_with = "day::serialize")] pub NaiveDate,
+);
+
 /// Days as the usage row stores them: the bytes chrono writes (`2026-11-27`), without its
 /// formatter. chrono formats a date through `Debug` one character at a time, and the row
-/// holds a date per charge not refunded, so that was 60% of encoding a usage row (callgrind,
+/// held a date per charge not refunded when that was 60% of encoding a usage row (callgrind,
 /// issue 18). Reading a row back is chrono's own parser.
 pub mod day {
     use chrono::{Datelike, NaiveDate};
@@ -107,28 +146,54 @@ pub struct Usage {
     /// Net runs and credits by UTC day, then by model.
     #[serde(serialize_with = "day::serialize_keys")]
     pub days: BTreeMap<NaiveDate, BTreeMap<String, Tally>>,
-    /// Charges not refunded, by `charge_id`.
-    pub charges: BTreeMap<String, Charged>,
+    /// The day of every charge by its stream version, run-length encoded in version order:
+    /// one entry per day the account charged on (a few more if writers' clocks disagree
+    /// around midnight). A version 2 refund finds its charge's day here.
+    pub charge_days: Vec<ChargeDay>,
+    /// Charges stored before `credits_charged` v3 and not refunded, by `charge_id`, for the
+    /// version 1 refunds that name nothing else. Newer charges are never added.
+    pub legacy_charges: BTreeMap<String, Charged>,
     /// Open holds, by `hold_id`: the model their capture is a run of.
     pub holds: BTreeMap<String, String>,
 }
 
 impl Usage {
-    /// Folds one event that occurred at `at`.
-    pub fn apply(&mut self, event: &Event, at: Instant) {
-        let day = at.date_naive();
+    /// Folds one event, stored as `stored` says.
+    pub fn apply(&mut self, event: &Event, stored: Stored) {
+        let day = stored.occurred_at.date_naive();
         match event {
             Event::CreditsCharged(data) => {
                 self.count(day, &data.model, data.cost);
-                self.charges.insert(
-                    data.charge_id.clone(),
-                    Charged(day, data.model.clone(), data.cost),
-                );
+                if self.charge_days.last().is_none_or(|last| last.1 != day) {
+                    self.charge_days.push(ChargeDay(stored.version, day));
+                }
+                if stored.schema_version < CHARGES_NAMED_BY_REFUNDS_FROM {
+                    self.legacy_charges.insert(
+                        data.charge_id.clone(),
+                        Charged(day, data.model.clone(), data.cost),
+                    );
+                }
             }
             Event::ChargeRefunded(data) => {
+                let refunded = match (self.legacy_charges.remove(&data.charge_id), data) {
+                    (Some(charged), _) => Some(charged),
+                    (
+                        None,
+                        ChargeRefunded {
+                            model: Some(model),
+                            charge_version: Some(version),
+                            cost: Some(cost),
+                            ..
+                        },
+                    ) => self
+                        .day_of_charge(*version)
+                        .map(|day| Charged(day, model.clone(), *cost)),
+                    // A version 1 refund of a charge this row does not hold: none to take back.
+                    (None, _) => None,
+                };
                 // A model whose every run was refunded keeps its row at zero: support sees
                 // that it was used and given back.
-                if let Some(Charged(day, model, credits)) = self.charges.remove(&data.charge_id) {
+                if let Some(Charged(day, model, credits)) = refunded {
                     if let Some(counted) = self
                         .days
                         .get_mut(&day)
@@ -155,6 +220,15 @@ impl Usage {
             Event::AccountOpened(_) => *self = Usage::default(),
             _ => {}
         }
+    }
+
+    /// The day of the charge at stream `version`.
+    fn day_of_charge(&self, version: u64) -> Option<NaiveDate> {
+        let after = self.charge_days.partition_point(|entry| entry.0 <= version);
+        after
+            .checked_sub(1)
+            .and_then(|index| self.charge_days.get(index))
+            .map(|entry| entry.1)
     }
 
     fn count(&mut self, day: NaiveDate, model: &str, credits: Credits) {

@@ -5,15 +5,17 @@
 
 mod support;
 
+use std::collections::BTreeSet;
+
 use chrono::TimeDelta;
 use ledger_domain::admission::{admit, AdmissionNode, NodeType};
 use ledger_domain::catalog::{Model, ModelKind, PriceUnit, Tier};
 use ledger_domain::command::*;
 use ledger_domain::envelope::{seal, Cause, Envelope, GENESIS_HASH};
-use ledger_domain::events::{PaidBy, Via};
+use ledger_domain::events::{ChargeRefunded, Event, PaidBy, Via};
 use ledger_domain::explain::{explain, history, HistoryError, HistoryRange, Point};
 use ledger_domain::insight::{model_badge, refresh_dates, BadgeAccess};
-use ledger_domain::usage::{Tally, Usage, UsageBy, UsageRange, UsageRangeError};
+use ledger_domain::usage::{Stored, Tally, Usage, UsageBy, UsageRange, UsageRangeError};
 use ledger_domain::{decide, Account, Catalog, DurationS, Instant};
 use proptest::prelude::*;
 use support::*;
@@ -238,6 +240,36 @@ proptest! {
             prop_assert_eq!(*point, Point::of(&explained.balance, at));
         }
     }
+
+    /// Before `charge_refunded` v2 named its charge, the usage row remembered every charge
+    /// by id; now it keeps only the day of each run of charge versions. Read as the old
+    /// versions (charges at v2, refunds at v1, upcast), the same history must count the
+    /// same, and the new row must stay as small as its days.
+    #[test]
+    fn usage_counts_the_same_whether_a_refund_names_its_charge_or_the_row_remembers_it(
+        ops in prop::collection::vec(op_strategy(), 1..60),
+    ) {
+        let catalog = Catalog::shipped();
+        let (envelopes, _) = drive(&catalog, &ops, |_, _| Ok(()))?;
+        let mut named = Usage::default();
+        let mut remembered = Usage::default();
+        for envelope in &envelopes {
+            named.apply(&envelope.event, Stored::of(envelope));
+            let (event, schema_version) = match &envelope.event {
+                Event::CreditsCharged(_) => (envelope.event.clone(), 2),
+                Event::ChargeRefunded(refund) => {
+                    let v1 = ChargeRefunded { model: None, charge_version: None, cost: None, ..refund.clone() };
+                    (Event::ChargeRefunded(v1), 1)
+                }
+                other => (other.clone(), envelope.schema_version),
+            };
+            remembered.apply(&event, Stored { schema_version, ..Stored::of(envelope) });
+        }
+        prop_assert_eq!(&named.days, &remembered.days);
+        prop_assert!(named.legacy_charges.is_empty());
+        let charged_days = named.charge_days.iter().map(|entry| entry.1).collect::<BTreeSet<_>>();
+        prop_assert_eq!(charged_days.len(), named.charge_days.len(), "one entry per day");
+    }
 }
 
 #[test]
@@ -344,13 +376,22 @@ fn usage_nets_refunds_out_on_the_charges_day_and_counts_trial_runs_at_zero() {
     given.run(capture("h1", Some(1), None));
     let mut usage = Usage::default();
     let mut now = at(T0);
-    for event in &given.history {
+    for (index, event) in given.history.iter().enumerate() {
         if matches!(event, ledger_domain::events::Event::CreditsCharged(data) if data.charge_id == "c3")
         {
             now = at("2026-01-11T09:00:00Z");
         }
-        usage.apply(event, now);
+        let stored = Stored {
+            version: index as u64 + 1,
+            schema_version: event.schema_version(),
+            occurred_at: now,
+        };
+        usage.apply(event, stored);
     }
+    assert!(
+        usage.legacy_charges.is_empty(),
+        "charges that refunds name are not remembered"
+    );
     let catalog = Catalog::shipped();
     let all = usage.report(&UsageRange::ALL, UsageBy::Model, &catalog);
     let rows: Vec<(&str, u64, u64)> = all
@@ -410,12 +451,14 @@ proptest! {
         let chrono_text = serde_json::to_value(date).expect("chrono serialises");
         let mut usage = Usage::default();
         usage.days.entry(date).or_default().insert("m".into(), Tally::default());
-        usage.charges.insert(
+        usage.legacy_charges.insert(
             "c".into(),
             ledger_domain::usage::Charged(date, "m".into(), ledger_domain::Credits::new(1)),
         );
+        usage.charge_days.push(ledger_domain::usage::ChargeDay(7, date));
         let stored = serde_json::to_value(&usage).expect("a usage row serialises");
-        prop_assert_eq!(&stored["charges"]["c"][0], &chrono_text);
+        prop_assert_eq!(&stored["legacy_charges"]["c"][0], &chrono_text);
+        prop_assert_eq!(&stored["charge_days"][0][1], &chrono_text);
         let key = stored["days"].as_object().expect("days is a map").keys().next().cloned();
         prop_assert_eq!(key.as_deref(), chrono_text.as_str());
         let read: Usage = serde_json::from_value(stored).expect("a stored row reads back");

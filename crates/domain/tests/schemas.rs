@@ -17,8 +17,9 @@ use ledger_domain::command::{
     AddGrant, CaptureHold, ChangeSubscription, Charge, PaidTopUp, PlaceHold, PurchaseTopUp,
     Quantity, RenewAllowance, RevokeTopUp, SubmitBusinessVerification,
 };
-use ledger_domain::envelope::{self, Cause, RawEnvelope, GENESIS_HASH};
+use ledger_domain::envelope::{self, Cause, Envelope, RawEnvelope, GENESIS_HASH};
 use ledger_domain::events::{Billing, BucketKind, PaidBy, RenewalSource, Via, EVENT_TYPES};
+use ledger_domain::usage::{Stored, Usage};
 use ledger_domain::{
     decide, Account, Catalog, Command, Credits, DurationS, Event, Instant, Rejection, Tier,
 };
@@ -1331,28 +1332,45 @@ fn fixture_events_v1_validates_chains_upcasts_and_folds() {
 const EVENTS_V2_TOP_UPS_SHA256: &str =
     "24d71622d3587a08e5b3e364602420bf90812a78a80e1dec0efbe92042ad4d19";
 
-#[test]
-fn fixture_events_v2_top_ups_upcast_to_purchases_without_a_payment() {
-    let schemas = Schemas::load();
-    let bytes = read_fixture("events_v2_top_ups.jsonl");
+/// The envelopes of a frozen fixture, with the schema version each was stored at: checks the
+/// file's SHA-256, each stored envelope and its data against the schemas of their versions,
+/// the hash chain, and that each upcast event is valid at the current version.
+fn frozen_fixture(schemas: &Schemas, name: &str, sha256: &str) -> Vec<(u32, Envelope)> {
+    let text = read_fixture(name);
     assert_eq!(
-        hex::encode(Sha256::digest(bytes.as_bytes())),
-        EVENTS_V2_TOP_UPS_SHA256,
-        "events_v2_top_ups.jsonl was modified"
+        hex::encode(Sha256::digest(text.as_bytes())),
+        sha256,
+        "{name} was modified"
     );
-    let mut account = Account::new("acme-topups-0007");
     let mut prev_hash = GENESIS_HASH.to_string();
-    for line in bytes.lines() {
+    let mut envelopes = Vec::new();
+    for line in text.lines() {
         let (type_name, version) = schemas.assert_stored_valid(line.as_bytes());
         let raw = RawEnvelope::parse(line.as_bytes()).expect("fixture line parses");
         assert_eq!(raw.prev_hash, prev_hash, "{type_name}: chain link");
         assert_eq!(raw.computed_hash(), raw.hash, "{type_name}: hash");
         prev_hash = raw.hash.clone();
-        let event = raw.decode().expect("fixture line decodes").event;
+        let envelope = raw.decode().expect("fixture line decodes");
+        assert_eq!(envelope.schema_version, version, "the version as stored");
         schemas.assert_valid(
-            &data_schema_file(&type_name, event.schema_version()),
-            &event.data_json(),
+            &data_schema_file(&type_name, envelope.event.schema_version()),
+            &envelope.event.data_json(),
         );
+        envelopes.push((version, envelope));
+    }
+    envelopes
+}
+
+#[test]
+fn fixture_events_v2_top_ups_upcast_to_purchases_without_a_payment() {
+    let schemas = Schemas::load();
+    let mut account = Account::new("acme-topups-0007");
+    for (version, envelope) in frozen_fixture(
+        &schemas,
+        "events_v2_top_ups.jsonl",
+        EVENTS_V2_TOP_UPS_SHA256,
+    ) {
+        let event = envelope.event;
         if let Event::TopUpPurchased(purchase) = &event {
             assert_eq!(version, 2, "the fixture's purchases are v2");
             assert_eq!(purchase.payment_ref, None, "v2 knew no payment");
@@ -1369,6 +1387,105 @@ fn fixture_events_v2_top_ups_upcast_to_purchases_without_a_payment() {
         core.available(at("2025-09-04T00:00:00Z")),
         Credits::new(3_250)
     );
+}
+
+/// `events_v2_charges.jsonl`: written when `credits_charged` was at schema version 2 and
+/// `charge_refunded` at version 1, which named its charge by id only.
+const EVENTS_V2_CHARGES_SHA256: &str =
+    "5d80e27efcdaaff70f44f5e1aa61dcd4c43768861377e9eff6da2193f1285ee8";
+
+#[test]
+fn fixture_events_v2_charges_fold_and_their_v1_refunds_take_usage_back() {
+    let schemas = Schemas::load();
+    let catalog = Catalog::shipped();
+    let mut account = Account::new("acme-charges-0011");
+    let mut usage = Usage::default();
+    for (version, envelope) in frozen_fixture(
+        &schemas,
+        "events_v2_charges.jsonl",
+        EVENTS_V2_CHARGES_SHA256,
+    ) {
+        match &envelope.event {
+            Event::CreditsCharged(_) => assert_eq!(version, 2, "the fixture's charges are v2"),
+            Event::ChargeRefunded(refund) => {
+                assert_eq!(version, 1, "the fixture's refunds are v1");
+                assert_eq!(
+                    (refund.model.as_deref(), refund.charge_version, refund.cost),
+                    (None, None, None),
+                    "v1 named the charge by id only"
+                );
+            }
+            _ => {}
+        }
+        usage.apply(&envelope.event, Stored::of(&envelope));
+        account.evolve(&envelope.event);
+    }
+    assert_eq!(account.version, 14, "events in the fixture");
+    let core = account
+        .core
+        .as_ref()
+        .expect("the fixture opens the account");
+    assert_eq!(
+        core.available(at("2025-10-09T08:00:00Z")),
+        Credits::new(2_488)
+    );
+
+    let counted = |usage: &Usage| -> Vec<(String, String, u64, u64)> {
+        usage
+            .days
+            .iter()
+            .flat_map(|(day, models)| {
+                models.iter().map(move |(model, tally)| {
+                    (
+                        day.to_string(),
+                        model.clone(),
+                        tally.runs,
+                        tally.credits.get(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let row = |day: &str, model: &str, runs: u64, credits: u64| {
+        (day.to_string(), model.to_string(), runs, credits)
+    };
+    // The v1 refunds took their runs back from the charges' days: a trial run of kling-2
+    // charged two seconds before midnight, and a paid chat run just after it.
+    assert_eq!(
+        counted(&usage),
+        [
+            row("2025-10-06", "flux-pro", 1, 0),
+            row("2025-10-06", "kling-2", 0, 0),
+            row("2025-10-07", "assistant-chat", 0, 0),
+            row("2025-10-07", "flux-pro", 1, 0),
+            row("2025-10-09", "flux-schnell", 1, 12),
+        ]
+    );
+    let remembered: Vec<&str> = usage.legacy_charges.keys().map(String::as_str).collect();
+    assert_eq!(remembered, ["chg-0011-1", "chg-0011-4", "chg-0011-5"]);
+
+    // A refund decided today names the old charge, and the row forgets it.
+    let now = at("2025-10-10T00:00:00Z");
+    let decision = decide(&account, &catalog, &refund("chg-0011-5"), now).expect("refunded");
+    let [Event::ChargeRefunded(refunded)] = decision.events.as_slice() else {
+        panic!("one refund: {:?}", names(&decision.events));
+    };
+    assert_eq!(
+        (
+            refunded.model.as_deref(),
+            refunded.charge_version,
+            refunded.cost
+        ),
+        (Some("flux-schnell"), Some(14), Some(Credits::new(12)))
+    );
+    let stored = Stored {
+        version: 15,
+        schema_version: Event::current_schema_version("charge_refunded").expect("known"),
+        occurred_at: now,
+    };
+    usage.apply(&decision.events[0], stored);
+    assert_eq!(counted(&usage)[4], row("2025-10-09", "flux-schnell", 0, 0));
+    assert!(!usage.legacy_charges.contains_key("chg-0011-5"));
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub struct AccountEvent {
     pub account_id: Arc<str>,
     /// The stream version: 1 for `account_opened`, then one more per event.
     pub version: u64,
+    /// The schema version the event was stored at; `event` is upcast to the current one.
+    pub schema_version: u32,
     /// When the event took effect (the envelope's `occurred_at`).
     pub occurred_at: Instant,
     pub event: Event,
@@ -71,6 +73,7 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
         account: Some(AccountEvent {
             account_id: Arc::from(account_id),
             version: record.version,
+            schema_version: slim.schema_version,
             occurred_at,
             event,
         }),

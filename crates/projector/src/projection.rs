@@ -11,10 +11,11 @@ use std::str::FromStr;
 
 use ledger_domain::events::Event;
 use ledger_domain::state::{Balance, PlanState, Trials};
-use ledger_domain::usage::Usage;
-use ledger_domain::Instant;
+use ledger_domain::usage::{Stored, Usage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::decode::AccountEvent;
 
 /// One of the four views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,8 +129,8 @@ pub trait Projection: Send + Sync + 'static {
     /// The row `event` (an account's first) creates, or `None` if it creates none.
     fn create(event: &Event) -> Option<Self::Row>;
 
-    /// Folds `event`, the stream's `version`-th, which occurred at `at`, into an existing row.
-    fn update(row: &mut Self::Row, event: &Event, version: u64, at: Instant);
+    /// Folds an account's next event into its row.
+    fn update(row: &mut Self::Row, event: &AccountEvent);
 
     /// Appends the stored form of `row` to `out`.
     fn encode(row: &Self::Row, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
@@ -155,7 +156,7 @@ pub struct TierView;
 pub struct UsageView;
 
 macro_rules! delegate {
-    ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident, $version:ident, $at:ident| $update:expr) => {
+    ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident| $update:expr) => {
         impl Projection for $marker {
             type Row = $row;
             const VIEW: ViewName = ViewName::$view;
@@ -165,7 +166,7 @@ macro_rules! delegate {
                 $krate::create(event)
             }
 
-            fn update($row_arg: &mut $row, $event: &Event, $version: u64, $at: Instant) {
+            fn update($row_arg: &mut $row, $event: &AccountEvent) {
                 $update
             }
 
@@ -180,32 +181,41 @@ macro_rules! delegate {
     };
 }
 
-// The views that keep state fold by stream version; usage counts by the day a run occurred.
+// The views that keep state fold by stream version; usage also reads the day a run occurred
+// and the schema version a charge was stored at.
 delegate!(
     BalanceView,
     Balance,
     Balance,
     ledger_projection_balance,
-    |row, event, version, _at| ledger_projection_balance::update(row, event, version)
+    |row, event| ledger_projection_balance::update(row, &event.event, event.version)
 );
 delegate!(
     TrialUsageView,
     TrialUsage,
     Trials,
     ledger_projection_trial_usage,
-    |row, event, version, _at| ledger_projection_trial_usage::update(row, event, version)
+    |row, event| ledger_projection_trial_usage::update(row, &event.event, event.version)
 );
 delegate!(
     TierView,
     Tier,
     PlanState,
     ledger_projection_tier,
-    |row, event, version, _at| ledger_projection_tier::update(row, event, version)
+    |row, event| ledger_projection_tier::update(row, &event.event, event.version)
 );
 delegate!(
     UsageView,
     Usage,
     Usage,
     ledger_projection_usage,
-    |row, event, _version, at| ledger_projection_usage::update(row, event, at)
+    |row, event| ledger_projection_usage::update(
+        row,
+        &event.event,
+        Stored {
+            version: event.version,
+            schema_version: event.schema_version,
+            occurred_at: event.occurred_at,
+        }
+    )
 );

@@ -24,7 +24,7 @@ use ledger_domain::envelope::{seal, stream_name, Cause, Envelope, GENESIS_HASH};
 use ledger_domain::events::{Billing, Via};
 use ledger_domain::explain::{history, HistoryRange};
 use ledger_domain::insight::model_badges;
-use ledger_domain::usage::{Usage, UsageBy, UsageRange};
+use ledger_domain::usage::{Stored, Usage, UsageBy, UsageRange};
 use ledger_domain::{decide, Account, Catalog, Command, DurationS, Instant};
 use ledger_service::insight::account_history;
 use ledger_store::{EventStore, ExpectedVersion, NewEvent};
@@ -167,7 +167,7 @@ async fn write_stream(
             decision.events,
         ) {
             account.evolve(&envelope.event);
-            usage.apply(&envelope.event, envelope.occurred_at);
+            usage.apply(&envelope.event, Stored::of(&envelope));
             pending.push(NewEvent {
                 event_id: envelope.event_id,
                 event_type: envelope.event.type_name().to_owned(),

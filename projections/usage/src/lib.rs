@@ -4,19 +4,21 @@
 //! and how a row is stored. The usage endpoint reads it, so a report never scans a stream.
 //!
 //! Architecture invariant: no ledger rule lives here. [`update`] is the domain's own fold
-//! (`Usage::apply`). Unlike the other views it needs each event's `occurred_at`: usage is
-//! counted on the day a run happened, which the charge events do not repeat.
+//! (`Usage::apply`). Unlike the other views it needs more of each envelope than the stream
+//! version ([`Stored`]): usage is counted on the day a run happened (`occurred_at`), which
+//! the charge events do not repeat, and a charge's stored schema version says whether its
+//! refund will name it.
 
 use ledger_domain::events::Event;
-use ledger_domain::usage::Usage;
-use ledger_domain::Instant;
+use ledger_domain::usage::{Stored, Usage};
 
 /// The view's name: its file is `views/usage.sqlite` and its metrics carry this label.
 pub const NAME: &str = "usage";
 
 /// The shape of a stored row. Bump it whenever `Usage` serialises differently: a projector
 /// that finds rows of an older shape rebuilds the view rather than misread them.
-pub const ROW_FORMAT: u32 = 1;
+/// Format 2: charges are no longer remembered by id, only their days by stream version.
+pub const ROW_FORMAT: u32 = 2;
 
 /// One account's row.
 pub type Row = Usage;
@@ -30,15 +32,15 @@ pub fn create(event: &Event) -> Option<Usage> {
     }
 }
 
-/// Folds `event`, which occurred at `at`, into an existing row.
-pub fn update(row: &mut Usage, event: &Event, at: Instant) {
-    row.apply(event, at);
+/// Folds `event`, stored as `stored` says, into an existing row.
+pub fn update(row: &mut Usage, event: &Event, stored: Stored) {
+    row.apply(event, stored);
 }
 
 /// The view as a pure fold over one account's stream.
-pub fn apply(view: &mut Option<Usage>, event: &Event, at: Instant) {
+pub fn apply(view: &mut Option<Usage>, event: &Event, stored: Stored) {
     match view {
-        Some(row) => update(row, event, at),
+        Some(row) => update(row, event, stored),
         None => *view = create(event),
     }
 }

@@ -4,7 +4,7 @@
 
 use ledger_domain::command::{Charge, Command, Quantity};
 use ledger_domain::events::Via;
-use ledger_domain::usage::{UsageBy, UsageRange};
+use ledger_domain::usage::{Stored, UsageBy, UsageRange};
 use ledger_domain::{decide, Account, Catalog, Instant};
 use ledger_projection_usage::{apply, decode, encode, Row};
 
@@ -53,7 +53,12 @@ fn the_row_counts_runs_per_day_and_model_and_survives_storage() {
     for (when, command) in steps {
         let decision = decide(&account, &catalog, &command, at(when)).expect("decided");
         for event in &decision.events {
-            apply(&mut view, event, at(when));
+            let stored = Stored {
+                version: account.version + 1,
+                schema_version: event.schema_version(),
+                occurred_at: at(when),
+            };
+            apply(&mut view, event, stored);
             account.evolve(event);
         }
     }
@@ -66,7 +71,17 @@ fn the_row_counts_runs_per_day_and_model_and_survives_storage() {
         .collect();
     // The refund takes its run back from the day of the charge, not the day of the refund.
     assert_eq!(days, [("2026-01-10", 1, 4), ("2026-01-11", 1, 0)]);
-    assert!(row.charges.contains_key("c1") && !row.charges.contains_key("c2"));
+    // Charges are not remembered; only the day each run of stream versions was charged on.
+    assert!(row.legacy_charges.is_empty());
+    let charge_days: Vec<(u64, String)> = row
+        .charge_days
+        .iter()
+        .map(|entry| (entry.0, entry.1.to_string()))
+        .collect();
+    assert_eq!(
+        charge_days,
+        [(2, "2026-01-10".to_string()), (3, "2026-01-11".to_string())]
+    );
     let mut stored = Vec::new();
     encode(&row, &mut stored).expect("encode");
     assert_eq!(decode(&stored).expect("decode"), row);

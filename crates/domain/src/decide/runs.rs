@@ -242,6 +242,9 @@ impl Ctx<'_> {
             .map(|balance| balance.saturating_add(buckets::sum(&returned)));
         let event = ChargeRefunded {
             charge_id: charge_id.to_string(),
+            model: Some(record.charge.model.clone()),
+            charge_version: Some(record.version),
+            cost: Some(record.charge.cost),
             reason: reason.to_string(),
             returned: returned.clone(),
             forfeited: forfeited.clone(),

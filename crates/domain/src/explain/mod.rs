@@ -23,7 +23,7 @@ use crate::envelope::Envelope;
 use crate::events::*;
 use crate::state::{Account, Totals, TrialStatus, VerificationStatus};
 use crate::time::Instant;
-use crate::usage::{Usage, UsageBy, UsageRange, UsageReport};
+use crate::usage::{Stored, Usage, UsageBy, UsageRange, UsageReport};
 
 pub use crate::buckets::BucketName;
 pub use history::{history, HistoryError, HistoryFold, HistoryRange, Point, HISTORY_POINTS_MAX};
@@ -294,7 +294,7 @@ pub fn explain(
     let mut version = 0;
     let mut usage = Usage::default();
     for envelope in envelopes.iter().take_while(|e| e.occurred_at <= at) {
-        usage.apply(&envelope.event, envelope.occurred_at);
+        usage.apply(&envelope.event, Stored::of(envelope));
         let step = Step::apply(&mut account, &envelope.event);
         version = envelope.version;
         let core = account.core.as_ref();

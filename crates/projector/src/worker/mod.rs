@@ -245,12 +245,7 @@ impl<P: Projection> ViewWorker<P> {
                 let versioned = Arc::make_mut(slot);
                 versioned.version = account.version;
                 versioned.changed_at_position = decoded.position;
-                P::update(
-                    &mut versioned.row,
-                    &account.event,
-                    account.version,
-                    account.occurred_at,
-                );
+                P::update(&mut versioned.row, account);
                 if !listed {
                     self.pending.changed.push(Arc::clone(&account.account_id));
                 }

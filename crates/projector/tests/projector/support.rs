@@ -12,6 +12,7 @@ use chrono::TimeDelta;
 use ledger_domain::command::*;
 use ledger_domain::envelope::{seal, stream_name, Cause, GENESIS_HASH};
 use ledger_domain::events::{Billing, Via};
+use ledger_domain::usage::Stored;
 use ledger_domain::{decide, Account, Catalog, Instant, Tier};
 use ledger_projector::storage::{read_all_rows, view_path, StoredRow};
 use ledger_projector::{ViewName, Views};
@@ -124,7 +125,7 @@ impl Writer {
                 event_type: envelope.event.type_name().to_owned(),
                 payload,
             });
-            written.usage.apply(&envelope.event, envelope.occurred_at);
+            written.usage.apply(&envelope.event, Stored::of(&envelope));
             written.account.apply(envelope.event);
         }
         Some(Append {
