@@ -25,7 +25,7 @@ use crate::time::{rfc3339, Instant};
 
 /// From this schema version of `credits_charged` on, the ledger that wrote a charge names it
 /// in its refund (`charge_refunded` v2), so the row need not remember the charge.
-pub const CHARGES_NAMED_BY_REFUNDS_FROM: u32 = 3;
+const CHARGES_NAMED_BY_REFUNDS_FROM: u32 = 3;
 
 /// What the usage fold reads of an event's envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
