@@ -20,7 +20,7 @@ use crate::admission::NodeType;
 use crate::catalog::{Catalog, ModelKind};
 use crate::credits::Credits;
 use crate::envelope::Envelope;
-use crate::events::{ChargeRefunded, Event};
+use crate::events::Event;
 use crate::time::{rfc3339, Instant};
 
 /// From this schema version of `credits_charged` on, the ledger that wrote a charge names it
@@ -175,22 +175,11 @@ impl Usage {
                 }
             }
             Event::ChargeRefunded(data) => {
-                let refunded = match (self.legacy_charges.remove(&data.charge_id), data) {
-                    (Some(charged), _) => Some(charged),
-                    (
-                        None,
-                        ChargeRefunded {
-                            model: Some(model),
-                            charge_version: Some(version),
-                            cost: Some(cost),
-                            ..
-                        },
-                    ) => self
-                        .day_of_charge(*version)
-                        .map(|day| Charged(day, model.clone(), *cost)),
-                    // A version 1 refund of a charge this row does not hold: none to take back.
-                    (None, _) => None,
-                };
+                // A version 1 refund of a charge this row does not hold has none to take back.
+                let refunded = self.legacy_charges.remove(&data.charge_id).or_else(|| {
+                    let day = self.day_of_charge(data.charge_version?)?;
+                    Some(Charged(day, data.model.clone()?, data.cost?))
+                });
                 // A model whose every run was refunded keeps its row at zero: support sees
                 // that it was used and given back.
                 if let Some(Charged(day, model, credits)) = refunded {
