@@ -1,7 +1,8 @@
 //! The command line against real data: `ledger explain` and `ledger audit
 //! export|verify|reconcile` on the data directory of a stopped server agree with what the
 //! server answered, and bad flags, unreadable catalogs and bad listen addresses stop
-//! `ledger serve` with one line on stderr and a non-zero exit.
+//! `ledger serve` with one line on stderr and a non-zero exit; a running server has
+//! transparent huge pages off.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -349,4 +350,20 @@ fn a_listen_address_in_use_stops_serve_with_a_non_zero_exit_naming_it() {
         .filter(|line| line.starts_with("ledger:"))
         .collect();
     assert_eq!(errors.len(), 1, "one error line:\n{}", ran.stderr);
+}
+
+/// The binary turns transparent huge pages off for itself (`huge_pages_off` in main.rs): with
+/// them, mimalloc's arenas are backed by 2 MiB pages and a node holds about three times the
+/// memory it uses. The kernel reports the process's setting in `/proc/PID/status`.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_running_server_has_transparent_huge_pages_off() {
+    let server = Server::start().await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc status");
+    let setting = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(setting, Some("0"), "status:\n{status}");
 }
