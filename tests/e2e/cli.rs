@@ -353,8 +353,9 @@ fn a_listen_address_in_use_stops_serve_with_a_non_zero_exit_naming_it() {
 }
 
 /// The binary turns transparent huge pages off for itself (`huge_pages_off` in main.rs): with
-/// them, mimalloc's arenas are backed by 2 MiB pages and a node holds about three times the
-/// memory it uses. The kernel reports the process's setting in `/proc/PID/status`.
+/// them, mimalloc's arenas are backed by 2 MiB pages, and a node started afresh in the soak
+/// held three times the anonymous memory it holds without them. The kernel reports the
+/// process's setting in `/proc/PID/status`.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_running_server_has_transparent_huge_pages_off() {
