@@ -395,7 +395,11 @@ fn percent(part: i128, whole: i128) -> String {
 /// ten-minute runs of 2026-11-28 a counting allocator (a diagnostic build, not kept) found the
 /// two nodes' live heaps equal (SQLite 33.3 and 33.1 MB, PostgreSQL 25.3 and 24.5 MB) while
 /// mimalloc held 70 and 50 MB (SQLite), 82 and 47 MB (PostgreSQL) resident for them after
-/// the run: the gap is retained pages, not state.
+/// the run: the gap is retained pages, not state. The binary has allocated with jemalloc
+/// since, whose background threads give freed pages back: the same ten-minute runs then
+/// ended at +12.0% and +10.4% on SQLite (from +31.7% on mimalloc) and +3.5% on PostgreSQL
+/// (from +14.3%). Compared idle (both nodes after 12 s without requests), the SQLite gap was
+/// +17.2%: what remains is pages that still hold a few live objects, not pages in flight.
 fn check_memory(
     label: &str,
     samples: &[(Duration, u64)],

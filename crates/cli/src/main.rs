@@ -16,10 +16,12 @@ mod serve;
 mod store;
 mod views;
 
-// mimalloc: the domain allocates small strings on every command; the system allocator's
-// free-list handling cost a third of the throughput in the domain benchmark.
+// jemalloc: the domain allocates small strings on every command, and the system allocator's
+// free-list handling cost a third of the throughput in the domain benchmark. mimalloc was
+// as fast, but a node that had served the ten-minute soak held 32% more memory than a node
+// started afresh on the same history; with jemalloc's background purging, 3.5-12% (issue 15).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Threads the async runtime may start for blocking work, at most.
 const BLOCKING_THREADS_MAX: usize = 32;
@@ -158,11 +160,12 @@ enum Commands {
 
 /// Turns transparent huge pages off for this process, before the heap grows.
 ///
-/// mimalloc advises the kernel to back its arenas with 2 MiB pages (`MADV_HUGEPAGE`), and
-/// the kernel then makes a whole 2 MiB page resident where a few kB are in use. In the short
-/// soak a node started afresh held 47.6 MB of anonymous memory with them and 15.8 MB
-/// without. The ledger's heap is many small objects, so fewer TLB misses buy it nothing
-/// measurable: charges over HTTP ran as fast without them (issue 15's note, 2026-11-28).
+/// Where the kernel backs the heap with 2 MiB pages (THP set to `always`, or an allocator
+/// that advises `MADV_HUGEPAGE`, as mimalloc did here), a whole 2 MiB page stays resident
+/// where a few kB are in use: in the short soak, a node started afresh held 47.6 MB of
+/// anonymous memory with them and 15.8 MB without. The ledger's heap is many small objects,
+/// so fewer TLB misses buy it nothing measurable: charges over HTTP ran as fast without them
+/// (issue 15's note, 2026-11-28).
 fn huge_pages_off() {
     #[cfg(target_os = "linux")]
     if let Err(err) = nix::sys::prctl::set_thp_disable(true) {

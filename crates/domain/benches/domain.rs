@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant as Clock;
 
-// The ledger binary runs on mimalloc; measure the core the way it runs there.
+// The ledger binary runs on jemalloc; measure the core the way it runs there.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use chrono::TimeDelta;
 use ledger_domain::command::{ChangeSubscription, Charge, PurchaseTopUp, Quantity};

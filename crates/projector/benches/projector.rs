@@ -33,9 +33,9 @@ use ledger_projector::{spawn_embedded, ProjectorConfig, Projectors, ViewSelectio
 use ledger_store::{EventStore, ExpectedVersion, NewEvent};
 use ledger_store_sqlite::SqliteStore;
 
-// The ledger binary runs on mimalloc; measure the projectors the way they run there.
+// The ledger binary runs on jemalloc; measure the projectors the way they run there.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

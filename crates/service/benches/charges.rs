@@ -40,7 +40,7 @@ use rusqlite::{params, Connection};
 
 // As in the `ledger` binary: the domain allocates small strings on every command.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod support;
 

@@ -31,7 +31,7 @@ use ledger_store::{EventStore, ExpectedVersion, NewEvent};
 use ledger_store_sqlite::SqliteStore;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod support;
 
