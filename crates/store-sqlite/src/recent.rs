@@ -16,8 +16,11 @@ use std::sync::{Mutex, PoisonError};
 use ledger_store::{GlobalPosition, RecordedEvent};
 
 /// Events kept. A subscriber further behind than this reads the file, as it would anyway
-/// while catching up.
-pub(crate) const RECENT_EVENTS_MAX: usize = 4_096;
+/// while catching up. Live subscribers trail the writer by a batch or two (the feeder reads
+/// ahead of the view threads), far less than this even at 60,000 events a second. Each
+/// event is about 700 bytes here: 4,096 of them were 3 MB of a soak node's heap that a
+/// freshly started node does not hold (jemalloc heap profile, 2026-11-28).
+pub(crate) const RECENT_EVENTS_MAX: usize = 2_048;
 
 /// The window of committed events, in position order.
 #[derive(Debug)]

@@ -30,10 +30,13 @@ const CACHED_ACCOUNTS_MAX: usize = 100_000;
 const FIRST_ANSWERS_MAX: usize = 16;
 /// ... and what they may weigh together, in buckets and open holds: each answer is a copy of
 /// the account's core, which holds every bucket not yet expired, spent or not. An account
-/// with a few buckets keeps 16 answers; one that bought thousands of lots keeps one or two.
+/// with a few dozen buckets keeps 16 answers; one that bought a thousand lots keeps one.
 /// Sixteen copies of such a core each were 13 MB of the 44 MB a long-running node held
-/// beyond a fresh one on the same history (issue 15's soak).
-const FIRST_ANSWERS_WEIGHT_MAX: usize = 4_096;
+/// beyond a fresh one on the same history (issue 15's soak). At 4,096 the soak's eight busy
+/// accounts still kept 3.3 MB of copies (a jemalloc heap profile of the steady node against
+/// a fresh one, 2026-11-28): a full cache is memory a fresh node does not have, and a retry
+/// of an answer that old is rare enough to read its stream again.
+const FIRST_ANSWERS_WEIGHT_MAX: usize = 1_024;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

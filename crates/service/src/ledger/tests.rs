@@ -48,12 +48,12 @@ fn a_cached_account_keeps_fewer_first_answers_the_more_buckets_each_holds() {
         "the oldest go first"
     );
 
-    // Each weighs 1,001: four fit in 4,096, and they push the small ones out first.
-    let large = core_with(1_000);
+    // Each weighs 201: five fit in 1,024, and they push the small ones out first.
+    let large = core_with(200);
     remember(&mut cached, 21..31, &large);
     assert_eq!(
         cached.first_answers.keys().copied().collect::<Vec<_>>(),
-        [27, 28, 29, 30]
+        [26, 27, 28, 29, 30]
     );
     assert!(cached.first_answers_weight() <= FIRST_ANSWERS_WEIGHT_MAX);
 
