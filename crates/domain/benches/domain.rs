@@ -1,5 +1,6 @@
-//! Benchmarks of the pure core: `decide` + `evolve` on one hot account, and replaying one
-//! account's stream from decoded events and from stored JSON. Each figure is the median of
+//! Benchmarks of the pure core: `decide` + `evolve` on one hot account, the same with a copy
+//! of the core kept per answer (as the command handler does) on an account with thousands of
+//! lots, and replaying one account's stream from decoded events and from stored JSON. Each figure is the median of
 //! several runs, next to a baseline measured in the same run on the same data, because this
 //! machine is shared and one absolute number proves little.
 //!
@@ -10,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant as Clock;
 
 // The ledger binary runs on jemalloc; measure the core the way it runs there.
@@ -82,6 +84,48 @@ fn hot_account_with_history(catalog: &Catalog, now: Instant) -> (Account, Vec<Ev
         }
     }
     (account, history)
+}
+
+/// Lots on the account of the copy benchmark: a customer who bought top-ups for years.
+const LOTS: usize = 2_000;
+/// Charges of the copy benchmark (fewer: each copied every lot before buckets were shared).
+const COPY_CHARGES: usize = 20_000;
+
+/// The hot account with `LOTS` more top-ups.
+fn account_with_lots(catalog: &Catalog, now: Instant) -> Account {
+    let mut account = hot_account(catalog, now);
+    for lot in 0..LOTS {
+        let command = Command::PurchaseTopUp(PurchaseTopUp {
+            purchase_id: format!("lot-{lot}"),
+            credits: 100,
+            expires_at: Some(now + TimeDelta::days(365)),
+        });
+        for event in decide(&account, catalog, &command, now).unwrap().events {
+            account.apply(event);
+        }
+    }
+    account
+}
+
+/// decide + evolve over `commands`; with `keep_copies`, each decision's core is copied into
+/// an `Arc` and kept until the next, as the command handler keeps its newest answer.
+fn decide_all(
+    mut account: Account,
+    catalog: &Catalog,
+    commands: &[Command],
+    now: Instant,
+    keep_copies: bool,
+) -> (usize, (Account, Option<Arc<ledger_domain::state::Core>>)) {
+    let mut kept = None;
+    for command in commands {
+        for event in decide(&account, catalog, command, now).unwrap().events {
+            account.apply(event);
+        }
+        if keep_copies {
+            kept = account.core.clone().map(Arc::new);
+        }
+    }
+    (commands.len(), (account, kept))
 }
 
 fn charges(n: usize) -> Vec<Command> {
@@ -167,6 +211,20 @@ fn main() {
         },
     );
 
+    // A copy of the core per answer, on an account with many lots; the baseline is the same
+    // decisions without the copies.
+    let copy_commands = charges(COPY_CHARGES);
+    let with_copies = rate(
+        COPY_CHARGES,
+        || account_with_lots(&catalog, now),
+        |account| decide_all(account, &catalog, &copy_commands, now, true),
+    );
+    let without_copies = rate(
+        COPY_CHARGES,
+        || account_with_lots(&catalog, now),
+        |account| decide_all(account, &catalog, &copy_commands, now, false),
+    );
+
     // Replay from decoded events: the account's whole stream, opening included.
     let stream = history;
     let stream_len = stream.len();
@@ -230,6 +288,12 @@ fn main() {
         decisions,
         baseline_decisions,
         decisions / baseline_decisions
+    );
+    println!(
+        "| decide + evolve + a copy of the core per charge, {LOTS} lots | {:.0} decisions/s | | {:.0}/s without the copies | {:.2} |",
+        with_copies,
+        without_copies,
+        with_copies / without_copies
     );
     println!(
         "| replay, decoded events | {:.0} events/s | 2,000,000 | | |",

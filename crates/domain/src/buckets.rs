@@ -9,8 +9,10 @@
 //! (events.rs, it is recorded in parts), the `apply` arms of the events that fill and expire
 //! it, and its line in [`Bucket::expired`] and [`BucketName::of`].
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
@@ -129,7 +131,13 @@ impl Totals {
 pub struct Balance {
     /// Every bucket not yet recorded as expired, in the tie order of burning: by kind
     /// (allowance, grants, top-ups), then oldest first. At most one allowance.
-    pub buckets: Vec<Bucket>,
+    ///
+    /// A persistent vector: the command handler keeps the state after each answer (to
+    /// answer a replay again) and the views share rows with readers, so a balance is copied
+    /// far more often than it changes. A copy shares every chunk of 64 buckets the change
+    /// after it does not touch; with a `Vec`, an account with thousands of top-ups and
+    /// grants copied all of them, ids included, on every charge.
+    pub buckets: Vector<Bucket>,
     pub open_holds: BTreeMap<String, Hold>,
     pub totals: Totals,
 }
@@ -229,7 +237,7 @@ impl Balance {
     /// The buckets of a newly opened account: its first allowance.
     pub fn opened(data: &AccountOpened) -> Balance {
         let mut balance = Balance {
-            buckets: Vec::new(),
+            buckets: Vector::new(),
             open_holds: BTreeMap::new(),
             totals: Totals::default(),
         };
@@ -381,10 +389,18 @@ impl Balance {
             .find(|bucket| bucket.kind == kind && bucket.id == id)
     }
 
-    fn bucket_mut(&mut self, kind: BucketKind, id: &str) -> Option<&mut Credits> {
+    fn index_of(&self, kind: BucketKind, id: &str) -> Option<usize> {
         self.buckets
-            .iter_mut()
-            .find(|bucket| bucket.kind == kind && bucket.id == id)
+            .iter()
+            .position(|bucket| bucket.kind == kind && bucket.id == id)
+    }
+
+    /// Found first and then fetched mutably: a mutable walk would unshare every chunk it
+    /// passes.
+    fn bucket_mut(&mut self, kind: BucketKind, id: &str) -> Option<&mut Credits> {
+        let index = self.index_of(kind, id)?;
+        self.buckets
+            .get_mut(index)
             .map(|bucket| &mut bucket.remaining)
     }
 
@@ -426,9 +442,17 @@ impl Balance {
     /// earlier one.
     fn fill(&mut self, bucket: Bucket) {
         grow(&mut self.totals.granted, bucket.credits);
+        // Sorted by kind, so the search never finds Equal: `Err` is the partition point.
         let at = self
             .buckets
-            .partition_point(|other| other.kind <= bucket.kind);
+            .binary_search_by(|other| {
+                if other.kind <= bucket.kind {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            })
+            .unwrap_or_else(|at| at);
         self.buckets.insert(at, bucket);
     }
 
@@ -441,8 +465,14 @@ impl Balance {
         version: u64,
     ) {
         grow(&mut self.totals.forfeited, forfeited);
-        self.buckets
-            .retain(|bucket| bucket.kind != BucketKind::Allowance);
+        // At most one; removing it by index leaves the other chunks shared.
+        if let Some(index) = self
+            .buckets
+            .iter()
+            .position(|bucket| bucket.kind == BucketKind::Allowance)
+        {
+            self.buckets.remove(index);
+        }
         if let Some(amount) = allowance {
             self.fill(Bucket {
                 kind: BucketKind::Allowance,
@@ -480,8 +510,9 @@ impl Balance {
     }
 
     fn expire(&mut self, kind: BucketKind, id: &str, forfeited: Credits) {
-        self.buckets
-            .retain(|bucket| !(bucket.kind == kind && bucket.id == id));
+        if let Some(index) = self.index_of(kind, id) {
+            self.buckets.remove(index);
+        }
         grow(&mut self.totals.forfeited, forfeited);
     }
 
