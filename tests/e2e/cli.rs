@@ -358,7 +358,7 @@ fn a_listen_address_in_use_stops_serve_with_a_non_zero_exit_naming_it() {
 /// The kernel reports the process's setting in `/proc/PID/status`.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn a_running_server_has_transparent_huge_pages_off() {
+async fn regression_huge_pages_made_reserved_memory_resident() {
     let server = Server::start().await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
         .expect("the server's /proc status");
@@ -376,7 +376,7 @@ async fn a_running_server_has_transparent_huge_pages_off() {
 /// names those threads, and the kernel lists every thread's name under `/proc/PID/task`.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn a_running_server_purges_freed_memory_from_background_threads() {
+async fn regression_freed_pages_stayed_resident_on_the_serving_node() {
     let server = Server::start().await;
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
         .expect("the server's threads")

@@ -258,7 +258,7 @@ async fn trickle_until_hung_up(addr: &str, first: &[u8], trickle: &[u8]) -> (boo
 }
 
 #[tokio::test]
-async fn a_client_trickling_its_header_is_disconnected_while_others_are_served() {
+async fn regression_a_trickling_header_held_its_connection_forever() {
     let server = impatient_server().await;
     let addr = address(&server.api);
     let slow = {
@@ -293,7 +293,7 @@ async fn a_client_trickling_its_header_is_disconnected_while_others_are_served()
 }
 
 #[tokio::test]
-async fn a_body_that_stalls_half_way_is_timed_out_and_writes_nothing() {
+async fn regression_a_body_stalled_half_way_held_its_connection_forever() {
     let server = impatient_server().await;
     let api = &server.api;
     let account = "sec-stall";

@@ -246,7 +246,7 @@ proptest! {
     /// versions (charges at v2, refunds at v1, upcast), the same history must count the
     /// same, and the new row must stay as small as its days.
     #[test]
-    fn usage_counts_the_same_whether_a_refund_names_its_charge_or_the_row_remembers_it(
+    fn regression_the_usage_row_kept_every_charge_id_and_grew_with_each_charge(
         ops in prop::collection::vec(op_strategy(), 1..60),
     ) {
         let catalog = Catalog::shipped();

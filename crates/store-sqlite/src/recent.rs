@@ -128,4 +128,19 @@ mod tests {
         assert_eq!(positions(recent.after(Some(2), 10)), None);
         assert_eq!(positions(recent.after(Some(4), 10)), Some(vec![5, 6]));
     }
+
+    /// 4,096 events of about 700 bytes were 3 MB that only a node which served the writes
+    /// held (issue 15's soak). The window must stay at its bound however much is written,
+    /// and the bound must stay near what live subscribers need.
+    #[test]
+    fn regression_the_window_of_recent_events_was_a_soak_nodes_extra_heap() {
+        const { assert!(RECENT_EVENTS_MAX <= 2_048) };
+        let recent = Recent::new(RECENT_EVENTS_MAX);
+        for batch in 0..100u64 {
+            recent.committed((1..=64).map(|i| event(batch * 64 + i)));
+            assert!(recent.lock().len() <= RECENT_EVENTS_MAX);
+        }
+        assert_eq!(recent.lock().len(), RECENT_EVENTS_MAX);
+        assert_eq!(recent.newest(), Some(6_400));
+    }
 }

@@ -37,7 +37,7 @@ fn remember(cached: &mut Cached, versions: std::ops::Range<u64>, core: &Arc<Core
 }
 
 #[test]
-fn a_cached_account_keeps_fewer_first_answers_the_more_buckets_each_holds() {
+fn regression_first_answers_grew_with_the_lots_of_each_account() {
     let mut cached = Cached::new("a");
     let small = core_with(1);
     remember(&mut cached, 1..21, &small);
