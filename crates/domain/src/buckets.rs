@@ -323,13 +323,23 @@ impl Balance {
         if cost.is_zero() {
             return Ok(Vec::new());
         }
-        let mut candidates: Vec<&Bucket> = self
-            .buckets
-            .iter()
-            .filter(|bucket| bucket.is_live(now) && !bucket.remaining.is_zero())
-            .collect();
+        let payable = |bucket: &&Bucket| bucket.is_live(now) && !bucket.remaining.is_zero();
+        let burn_key = |bucket: &&Bucket| bucket.expires_at.unwrap_or(Instant::MAX_UTC);
+        // Most costs are paid whole by the first bucket in burn order: found in one pass
+        // (`min_by_key` keeps the first of equals, the collection's tie order), without
+        // collecting and sorting every live bucket of an account that holds thousands.
+        if let Some(first) = self.buckets.iter().filter(payable).min_by_key(burn_key) {
+            if first.remaining >= cost {
+                return Ok(vec![Part {
+                    bucket: first.kind,
+                    id: first.id.clone(),
+                    amount: cost,
+                }]);
+            }
+        }
+        let mut candidates: Vec<&Bucket> = self.buckets.iter().filter(payable).collect();
         // Stable: equal expiries keep the collection's tie order.
-        candidates.sort_by_key(|bucket| bucket.expires_at.unwrap_or(Instant::MAX_UTC));
+        candidates.sort_by_key(burn_key);
         let mut due = cost;
         let mut parts = Vec::with_capacity(candidates.len().min(4));
         for bucket in candidates {
