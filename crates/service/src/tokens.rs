@@ -275,14 +275,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_configured_token_finds_its_role_and_near_misses_find_none() {
+    /// A table with `<role>-token-0123456789` for each role.
+    fn one_token_per_role() -> Tokens {
         let spec = Role::ALL
             .iter()
             .map(|role| format!("{}={}-token-0123456789", role.as_str(), role.as_str()))
             .collect::<Vec<_>>()
             .join(",");
-        let tokens = Tokens::parse(&spec).unwrap();
+        Tokens::parse(&spec).unwrap()
+    }
+
+    #[test]
+    fn every_configured_token_finds_its_role_and_near_misses_find_none() {
+        let tokens = one_token_per_role();
         for role in Role::ALL {
             let token = format!("{}-token-0123456789", role.as_str());
             assert_eq!(tokens.role(&token), Some(role), "{token}");
@@ -309,12 +314,7 @@ mod tests {
     /// every digest is compared, wherever the match is, and digests are of fixed length.
     #[test]
     fn regression_token_lookup_stopped_at_the_first_differing_byte() {
-        let spec = Role::ALL
-            .iter()
-            .map(|role| format!("{}={}-token-0123456789", role.as_str(), role.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let tokens = Tokens::parse(&spec).unwrap();
+        let tokens = one_token_per_role();
         let mut presented: Vec<String> = Role::ALL
             .iter()
             .map(|role| format!("{}-token-0123456789", role.as_str()))
