@@ -4,6 +4,8 @@
 
 use std::cmp::Ordering;
 
+use std::sync::Arc;
+
 use imbl::Vector;
 
 use super::*;
@@ -42,7 +44,7 @@ impl Balance {
         let index = self.index_of(kind, id)?;
         self.buckets
             .get_mut(index)
-            .map(|bucket| &mut bucket.remaining)
+            .map(|bucket| &mut Arc::make_mut(bucket).remaining)
     }
 
     fn take(&mut self, parts: &[Part]) {
@@ -94,7 +96,7 @@ impl Balance {
                 }
             })
             .unwrap_or_else(|at| at);
-        self.buckets.insert(at, bucket);
+        self.buckets.insert(at, Arc::new(bucket));
     }
 
     fn set_allowance(

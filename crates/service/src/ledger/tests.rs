@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ledger_domain::buckets::Bucket;
 use ledger_domain::decide::decide;
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Catalog, Command, Instant};
@@ -22,9 +23,9 @@ fn core_with(buckets: usize) -> Arc<Core> {
     let template = core.balance.buckets[0].clone();
     core.balance.buckets = (0..buckets)
         .map(|index| {
-            let mut bucket = template.clone();
+            let mut bucket = Bucket::clone(&template);
             bucket.id = format!("lot-{index}");
-            bucket
+            Arc::new(bucket)
         })
         .collect();
     Arc::new(core)
