@@ -394,7 +394,7 @@ fn check_invariants(account: &Account, books: &Books, now: Instant) -> Result<()
     let Some(core) = account.core.as_ref() else {
         return Ok(());
     };
-    for bucket in &core.balance.buckets {
+    for bucket in core.balance.iter() {
         prop_assert!(bucket.remaining <= bucket.credits);
     }
     let allowances = core

@@ -73,7 +73,7 @@ impl Buckets {
                 amount,
             );
         };
-        for bucket in &balance.buckets {
+        for bucket in balance.iter() {
             if let Some(name) = BucketName::of(bucket.kind) {
                 put(name, &bucket.id, bucket.origin.version, bucket.remaining);
             }
