@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod events;
 pub mod explain;
 pub mod insight;
+pub mod records;
 pub mod rejection;
 pub mod state;
 pub mod time;

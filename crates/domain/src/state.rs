@@ -1,7 +1,7 @@
 //! The account state and `evolve`: folding events into state. No decisions here: `evolve`
 //! trusts the events, which `decide` produced after checking every rule.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::catalog::{Scope, Tier};
 use crate::credits::Credits;
@@ -9,6 +9,7 @@ use crate::events::*;
 use crate::time::Instant;
 
 pub use crate::buckets::{allowance_id, Balance, Bucket, Hold, Origin, Totals};
+pub use crate::records::{ChargeRecord, ClosedHold, IdMap, Recorded, Records};
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -166,51 +167,6 @@ pub struct Core {
     pub plan: PlanState,
     pub balance: Balance,
     pub trials: Trials,
-}
-
-/// A map keyed by caller-chosen ids. foldhash is several times faster than SipHash on short
-/// keys and still seeds each map at random, so callers cannot aim collisions at it.
-pub type IdMap<V> = HashMap<String, V, foldhash::quality::RandomState>;
-
-/// What the ledger remembers forever so that retries, however late, get their first answer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Records {
-    /// Boxed: a hot account holds millions, and growing the map moves every entry.
-    pub charges: IdMap<Box<ChargeRecord>>,
-    pub closed_holds: IdMap<Box<ClosedHold>>,
-    pub purchases: IdMap<Recorded<TopUpPurchased>>,
-    pub grants: IdMap<Recorded<GrantAdded>>,
-    pub invoices: IdMap<Recorded<AllowanceRenewed>>,
-    pub references: IdMap<Recorded<TierChanged>>,
-    /// Stream versions of the latest verification events, so that a repeated submission or
-    /// decision answers as it first did.
-    pub verification_submitted_version: u64,
-    pub verification_decided_version: u64,
-}
-
-/// An event kept for idempotency, with the stream version it was written at: a replay
-/// answers as of that version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded<T> {
-    pub event: T,
-    pub version: u64,
-}
-
-/// A resolved hold: how it was placed, how it ended, and the version of the ending.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClosedHold {
-    pub hold: Hold,
-    pub resolution: HoldResolution,
-    pub version: u64,
-}
-
-/// A charge and, once refunded, its refund.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChargeRecord {
-    pub charge: CreditsCharged,
-    /// The stream version of `credits_charged`.
-    pub version: u64,
-    pub refund: Option<Box<Recorded<ChargeRefunded>>>,
 }
 
 /// One account, folded from its stream.
@@ -430,7 +386,7 @@ impl Account {
             core.balance.total_in_buckets(),
             core.balance.totals
         );
-        evolve_records(&mut self.records, closing, event, self.version);
+        self.records.evolve(closing, event, self.version);
     }
 }
 
@@ -467,36 +423,7 @@ impl Account {
         );
         let records = &mut self.records;
         for event in events.iter().rev() {
-            match event {
-                Event::TierChanged(data) => {
-                    records.references.remove(&data.reference);
-                }
-                Event::AllowanceRenewed(data) => {
-                    if let Some(invoice_id) = &data.invoice_id {
-                        records.invoices.remove(invoice_id);
-                    }
-                }
-                Event::TopUpPurchased(data) => {
-                    records.purchases.remove(&data.purchase_id);
-                }
-                Event::GrantAdded(data) => {
-                    records.grants.remove(&data.grant_id);
-                }
-                Event::CreditsCharged(data) => {
-                    records.charges.remove(&data.charge_id);
-                }
-                Event::ChargeRefunded(data) => {
-                    if let Some(record) = records.charges.get_mut(&data.charge_id) {
-                        record.refund = None;
-                    }
-                }
-                Event::HoldCaptured(HoldCaptured { hold_id, .. })
-                | Event::HoldReleased(HoldReleased { hold_id, .. })
-                | Event::HoldExpired(HoldExpired { hold_id, .. }) => {
-                    records.closed_holds.remove(hold_id);
-                }
-                _ => {}
-            }
+            records.take_back(event);
         }
         records.verification_submitted_version = savepoint.verification_submitted_version;
         records.verification_decided_version = savepoint.verification_decided_version;
@@ -520,84 +447,5 @@ pub(crate) fn resolved_hold_id(event: &Event) -> Option<&str> {
         Event::HoldReleased(data) => Some(&data.hold_id),
         Event::HoldExpired(data) => Some(&data.hold_id),
         _ => None,
-    }
-}
-
-/// Keeps an event under the caller's id, with the version it was written at.
-fn keep<T>(map: &mut IdMap<Recorded<T>>, id: String, event: T, version: u64) {
-    map.insert(id, Recorded { event, version });
-}
-
-fn evolve_records(records: &mut Records, closing: Option<Hold>, event: Event, version: u64) {
-    match event {
-        Event::TierChanged(data) => keep(
-            &mut records.references,
-            data.reference.clone(),
-            data,
-            version,
-        ),
-        Event::AllowanceRenewed(data) => {
-            if let Some(invoice_id) = data.invoice_id.clone() {
-                keep(&mut records.invoices, invoice_id, data, version);
-            }
-        }
-        Event::TopUpPurchased(data) => keep(
-            &mut records.purchases,
-            data.purchase_id.clone(),
-            data,
-            version,
-        ),
-        Event::GrantAdded(data) => keep(&mut records.grants, data.grant_id.clone(), data, version),
-        Event::BusinessVerificationSubmitted(_) => records.verification_submitted_version = version,
-        Event::BusinessVerificationApproved(_) | Event::BusinessVerificationRejected(_) => {
-            records.verification_decided_version = version
-        }
-        Event::CreditsCharged(data) => {
-            records.charges.insert(
-                data.charge_id.clone(),
-                Box::new(ChargeRecord {
-                    charge: data,
-                    version,
-                    refund: None,
-                }),
-            );
-        }
-        Event::ChargeRefunded(data) => {
-            if let Some(record) = records.charges.get_mut(&data.charge_id) {
-                record.refund = Some(Box::new(Recorded {
-                    event: data,
-                    version,
-                }));
-            }
-        }
-        Event::HoldCaptured(data) => {
-            close_hold(records, closing, HoldResolution::Captured(data), version)
-        }
-        Event::HoldReleased(data) => {
-            close_hold(records, closing, HoldResolution::Released(data), version)
-        }
-        Event::HoldExpired(data) => {
-            close_hold(records, closing, HoldResolution::Expired(data), version)
-        }
-        _ => {}
-    }
-}
-
-/// Keeps a resolved hold, so that a late retry of its capture still gets its first answer.
-fn close_hold(
-    records: &mut Records,
-    closing: Option<Hold>,
-    resolution: HoldResolution,
-    version: u64,
-) {
-    if let Some(hold) = closing {
-        records.closed_holds.insert(
-            hold.placed.hold_id.clone(),
-            Box::new(ClosedHold {
-                hold,
-                resolution,
-                version,
-            }),
-        );
     }
 }

@@ -12,7 +12,7 @@ use ledger_domain::command::*;
 use ledger_domain::envelope::{seal, Cause, RawEnvelope, GENESIS_HASH};
 use ledger_domain::events::*;
 use ledger_domain::state::Core;
-use ledger_domain::{decide, Account, Catalog, Credits, Instant, Tier};
+use ledger_domain::{decide, Account, Catalog, Credits, Decision, Instant, Rejection, Tier};
 use proptest::prelude::*;
 
 fn catalog_strategy() -> impl Strategy<Value = Catalog> {
@@ -511,14 +511,24 @@ fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
         Ok(())
     };
     apply(&mut account, opened.events, now, &mut history, &mut books)?;
+    // The same account as the command side keeps it: spilling all but the latest record
+    // after each command, and restoring what a command names from the history first.
+    let mut spilling = account.clone();
     for op in ops {
         if let Op::Advance(secs) = op {
             now += TimeDelta::seconds(i64::from(*secs));
         }
         let command = to_command(op, now, account.core.as_ref());
-        let Ok(decision) = decide(&account, catalog, &command, now) else {
+        let decided_spilling = decide_restoring(&mut spilling, &history, catalog, &command, now)?;
+        let decided = decide(&account, catalog, &command, now);
+        prop_assert_eq!(&decided_spilling, &decided, "spilling changed the decision");
+        let Ok(decision) = decided else {
             continue;
         };
+        for event in &decision.events {
+            spilling.evolve(event);
+        }
+        spilling.records.spill(1);
         if decision.replayed {
             prop_assert!(decision.events.is_empty());
         }
@@ -538,6 +548,8 @@ fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
             &account,
             "replay differs"
         );
+        prop_assert_eq!(&spilling.core, &account.core, "spilling changed the state");
+        prop_assert!(spilling.records.whole_len() <= 2);
     }
     // Far in the future every hold has resolved, exactly once.
     now += TimeDelta::days(2);
@@ -554,6 +566,29 @@ fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
         );
     }
     Ok(history)
+}
+
+/// Decides `command` on an account that spills, restoring first the record it names from
+/// `history`, as the command side restores it from the stream.
+fn decide_restoring(
+    account: &mut Account,
+    history: &[Event],
+    catalog: &Catalog,
+    command: &Command,
+    now: Instant,
+) -> Result<Result<Decision, Rejection>, TestCaseError> {
+    if let Some(spilled) = account.records.spilled_for(command) {
+        let events = spilled
+            .spill
+            .versions()
+            .map(|version| (version, history[version as usize - 1].clone()))
+            .collect();
+        account
+            .records
+            .restore(spilled, events)
+            .map_err(|err| TestCaseError::fail(err.to_string()))?;
+    }
+    Ok(decide(account, catalog, command, now))
 }
 
 proptest! {

@@ -1,7 +1,7 @@
 //! Reading the store page by page: the one loop every reader of a stream or of the global
 //! order uses, so paging, decoding and "the stream is corrupt" are written once.
 
-use ledger_domain::envelope::{Envelope, RawEnvelope, SlimEnvelope};
+use ledger_domain::envelope::{decode_payload_event, Envelope, RawEnvelope, SlimEnvelope};
 use ledger_domain::events::Event;
 use ledger_domain::Instant;
 use ledger_store::{EventStore, GlobalPosition, RecordedEvent};
@@ -90,6 +90,36 @@ async fn read_stream_decoded<T>(
             return Ok(());
         }
     }
+}
+
+/// Reads the events at `versions` of `stream`, each with its version (old versions
+/// upcast): what a spilled record is restored from.
+pub async fn read_stream_versions(
+    store: &dyn EventStore,
+    stream: &str,
+    versions: impl IntoIterator<Item = u64>,
+) -> Result<Vec<(u64, Event)>, CommandError> {
+    let corrupt = |message: String| CommandError::Corrupt {
+        stream: stream.to_string(),
+        message,
+    };
+    let mut events = Vec::new();
+    for version in versions {
+        let page = store.read_stream(stream, version, 1).await?;
+        let recorded = page
+            .first()
+            .filter(|recorded| recorded.version == version)
+            .ok_or_else(|| corrupt(format!("version {version} is not in the stream")))?;
+        let (stored_version, event) = decode_payload_event(&recorded.payload)
+            .map_err(|err| corrupt(format!("version {version}: {err}")))?;
+        if stored_version != version {
+            return Err(corrupt(format!(
+                "version {version} holds an envelope of version {stored_version}"
+            )));
+        }
+        events.push((version, event));
+    }
+    Ok(events)
 }
 
 /// Reads every stream in global order after `after`, page by page, handing each stored event

@@ -204,3 +204,67 @@ async fn a_caller_giving_up_never_strands_the_commands_queued_behind_it() {
         impatient.await.unwrap();
     }
 }
+
+/// The charge receipt of an answer.
+fn receipt(result: &Result<ledger_service::ledger::Outcome, CommandError>) -> Reply {
+    result.as_ref().expect("answered").reply.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_node_kept_every_charge_whole_and_grew_with_its_history() {
+    // Given an account with 3,000 charges, more than a node keeps whole, and more events
+    // than it keeps positions of
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let catalog = Arc::new(catalog_with_free_allowance(10_000));
+    let ledger = Ledger::new(store.clone(), catalog.clone(), Arc::new(SystemClock));
+    ledger
+        .execute("long", &Command::OpenAccount, "billing")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    for chunk in (0..3_000).collect::<Vec<_>>().chunks(256) {
+        let commands = chunk.iter().map(|id| (chat(*id), "executor".to_string()));
+        first.extend(ledger.execute_all("long", commands.collect()).await);
+    }
+    let (account, _) = ledger.load("long").await.unwrap();
+    assert!(
+        account.records.whole_len() <= 2_048,
+        "{} records whole",
+        account.records.whole_len()
+    );
+    assert!(
+        account.records.spilled_for(&chat(0)).is_some(),
+        "c0 spilled"
+    );
+    let events_before = store.read_stream("account-long", 1, 10_000).await.unwrap();
+
+    // When the first charge is retried on this node, the second on a fresh node, and the
+    // third is refunded here and its refund retried on the other node, which still has
+    // the charge spilled and has not seen the refund
+    let again = ledger.execute("long", &chat(0), "executor").await;
+    let other = Ledger::new(store.clone(), catalog.clone(), Arc::new(SystemClock));
+    let other_again = other.execute("long", &chat(1), "executor").await;
+    let refund = Command::RefundCharge {
+        charge_id: "c2".into(),
+        reason: "bad output".into(),
+    };
+    let refunded = ledger.execute("long", &refund, "support").await;
+    let refund_again = other.execute("long", &refund, "support").await;
+
+    // Then each retry is a replay of the first answer, at the first answer's position (read
+    // back from the stream), and the stream holds only the refund beyond what it held
+    for (retry, first) in [(&again, &first[0]), (&other_again, &first[1])] {
+        let outcome = retry.as_ref().expect("replayed");
+        assert!(outcome.replayed);
+        assert_eq!(receipt(retry), receipt(first));
+        assert_eq!(outcome.position, first.as_ref().expect("charged").position);
+    }
+    assert!(!refunded.as_ref().expect("refunded").replayed);
+    assert!(refund_again.as_ref().expect("replayed").replayed);
+    assert_eq!(receipt(&refund_again), receipt(&refunded));
+    let events_after = store.read_stream("account-long", 1, 10_000).await.unwrap();
+    assert_eq!(events_after.len(), events_before.len() + 1);
+    assert_eq!(events_after.last().unwrap().event_type, "charge_refunded");
+}

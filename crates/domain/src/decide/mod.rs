@@ -107,6 +107,13 @@ pub fn decide(
             }),
         };
     };
+    if account.records.spilled_for(command).is_some() {
+        // The command side restores a spilled record before deciding; deciding without it
+        // could take a retry for a new command and charge twice.
+        return Err(Rejection::Unavailable {
+            message: "the record this id names is not loaded; retry with the same id".into(),
+        });
+    }
     // Decisions use the command's time: whatever fell due before it happens first, so a
     // lot past its expiry is unusable now even if the scheduler has not recorded it yet.
     let (housekeeping, scratch) = housekeeping::housekeeping(stored, account.version, now);

@@ -19,7 +19,10 @@ use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::{backoff, wants_core, Cached, CommandError, Ledger, Outcome, CONFLICT_ATTEMPTS_MAX};
+use super::{
+    backoff, wants_core, Cached, CommandError, Ledger, Outcome, CONFLICT_ATTEMPTS_MAX,
+    RECORDS_WHOLE_MAX,
+};
 
 /// Commands decided together at most. Bounded so that one hot account's batch stays short
 /// and its callers' latency with it; other accounts run on their own tasks meanwhile.
@@ -66,6 +69,10 @@ impl Ledger {
         }
         let stream = stream_name(&cached.account.account_id);
         for attempt in 0..CONFLICT_ATTEMPTS_MAX {
+            // Each attempt: catching up may have spilled what an earlier one restored.
+            if let Err(err) = self.restore_spilled(cached, &pending).await {
+                return fail_all(pending, &err);
+            }
             let now = self.clock.now();
             let savepoint = cached.account.savepoint();
             let base_version = cached.account.version;
@@ -270,7 +277,7 @@ impl Ledger {
     /// the summary answers for replays.
     fn settle(&self, cached: &mut Cached, plans: &mut [Plan], positions: &[u64], now: Instant) {
         let mut positions = positions.iter().copied();
-        let mut version = cached.positions.len() as u64;
+        let mut version = cached.positions.version;
         for plan in plans.iter_mut() {
             let Plan::Written {
                 core, envelopes, ..
@@ -292,6 +299,7 @@ impl Ledger {
             version, cached.account.version,
             "every event has a position"
         );
+        cached.account.records.spill(RECORDS_WHOLE_MAX);
     }
 
     /// Answers every command of a batch whose events (if any) are durable.

@@ -4,19 +4,22 @@
 //! bounded number of times. That is what keeps concurrent executors from overdrawing.
 
 mod batch;
+mod cached;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use ledger_domain::decide::{Decision, Reply};
-use ledger_domain::envelope::{stream_name, Envelope, GENESIS_HASH};
+use ledger_domain::envelope::{stream_name, Envelope};
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Catalog, Command, Instant, Rejection};
 use ledger_store::{EventStore, StoreError};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
-use crate::pages::read_stream_pages;
+
+use crate::pages::{read_stream_pages, read_stream_versions};
+use cached::{Cached, RECORDS_WHOLE_MAX};
 
 /// How many times a command is decided again after losing a race for the stream.
 const CONFLICT_ATTEMPTS_MAX: usize = 64;
@@ -25,18 +28,6 @@ const CONFLICT_ATTEMPTS_MAX: usize = 64;
 const CONFLICT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 /// Accounts kept in memory before idle ones are dropped (they reload from the stream).
 const CACHED_ACCOUNTS_MAX: usize = 100_000;
-/// First answers of summary-answering commands kept per cached account; older ones are
-/// rebuilt from the stream when replayed.
-const FIRST_ANSWERS_MAX: usize = 16;
-/// ... and what they may weigh together, in buckets and open holds: each answer is a copy of
-/// the account's core, which holds every bucket not yet expired, spent or not. An account
-/// with a few dozen buckets keeps 16 answers; one that bought a thousand lots keeps one.
-/// Sixteen copies of such a core each were 13 MB of the 44 MB a long-running node held
-/// beyond a fresh one on the same history (issue 15's soak). At 4,096 the soak's eight busy
-/// accounts still kept 3.3 MB of copies (a jemalloc heap profile of the steady node against
-/// a fresh one, 2026-11-28): a full cache is memory a fresh node does not have, and a retry
-/// of an answer that old is rare enough to read its stream again.
-const FIRST_ANSWERS_WEIGHT_MAX: usize = 1_024;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,71 +78,6 @@ pub struct Outcome {
     pub at: Instant,
     /// The events written.
     pub written: Vec<Envelope>,
-}
-
-/// One account's cached state, with what is needed to continue its hash chain and to answer
-/// replays without reading the store.
-#[derive(Debug)]
-struct Cached {
-    account: Account,
-    last_hash: String,
-    /// The global position of each event, by version - 1. Only the last event of a command
-    /// is ever looked up: its position is the command's answer.
-    positions: Vec<u64>,
-    /// The account right after recent summary-answering commands, by the version of their
-    /// event, with the instant they were answered at: what a replay shows again. Bounded;
-    /// a miss rebuilds the state from the stream.
-    first_answers: BTreeMap<u64, (Arc<Core>, Instant)>,
-    /// A batch was folded in and its append had not come back: set while an append is in
-    /// flight. Still set when a holder finds it, the batch was dropped half-way and its fate
-    /// is unknown, so the account is read again from the stream.
-    in_flight: bool,
-}
-
-impl Cached {
-    fn new(account_id: &str) -> Cached {
-        Cached {
-            account: Account::new(account_id),
-            last_hash: GENESIS_HASH.to_string(),
-            positions: Vec::new(),
-            first_answers: BTreeMap::new(),
-            in_flight: false,
-        }
-    }
-
-    fn last_position(&self) -> Option<u64> {
-        self.positions.last().copied()
-    }
-
-    fn position_of(&self, version: u64) -> Option<u64> {
-        let index = usize::try_from(version.checked_sub(1)?).ok()?;
-        self.positions.get(index).copied()
-    }
-
-    /// Keeps the answer given at `version`, forgetting the oldest ones beyond the bounds; the
-    /// newest is always kept.
-    fn remember_answer(&mut self, version: u64, core: Arc<Core>, at: Instant) {
-        self.first_answers.insert(version, (core, at));
-        while self.first_answers.len() > 1
-            && (self.first_answers.len() > FIRST_ANSWERS_MAX
-                || self.first_answers_weight() > FIRST_ANSWERS_WEIGHT_MAX)
-        {
-            self.first_answers.pop_first();
-        }
-    }
-
-    /// What the remembered answers weigh together (see [`answer_weight`]).
-    fn first_answers_weight(&self) -> usize {
-        self.first_answers
-            .values()
-            .map(|(core, _)| answer_weight(core))
-            .sum()
-    }
-}
-
-/// What keeping a copy of `core` costs, in the units of [`FIRST_ANSWERS_WEIGHT_MAX`].
-fn answer_weight(core: &Core) -> usize {
-    1 + core.balance.buckets.len() + core.balance.open_holds.len()
 }
 
 /// One account: the commands queued for it and its cached state. Whoever holds `state`
@@ -292,6 +218,8 @@ impl Ledger {
                     ));
                 }
                 account.apply(envelope.event);
+                // A long stream loads in bounded memory.
+                account.records.spill(RECORDS_WHOLE_MAX);
                 *last_hash = raw.hash;
                 positions.push(recorded.position);
                 Ok(true)
@@ -299,6 +227,33 @@ impl Ledger {
         )
         .await?;
         Ok(cached.account.version != before)
+    }
+
+    /// Makes whole again the spilled records that `pending` commands name, from their events
+    /// in the stream, so that `decide` answers a late retry as it first did.
+    async fn restore_spilled(
+        &self,
+        cached: &mut Cached,
+        pending: &[batch::Pending],
+    ) -> Result<(), CommandError> {
+        let stream = stream_name(&cached.account.account_id);
+        for pending in pending {
+            let Some(spilled) = cached.account.records.spilled_for(&pending.command) else {
+                continue;
+            };
+            let events =
+                read_stream_versions(self.store.as_ref(), &stream, spilled.spill.versions())
+                    .await?;
+            cached
+                .account
+                .records
+                .restore(spilled, events)
+                .map_err(|err| CommandError::Corrupt {
+                    stream: stream.clone(),
+                    message: err.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Runs `command` on `account_id` for `actor`. Commands that queue for one account while
@@ -439,7 +394,7 @@ impl Ledger {
     ) -> Result<Outcome, CommandError> {
         let (position, core, at) = match decision.replay_of {
             Some(version) => {
-                let position = cached.position_of(version);
+                let position = self.position_of(cached, version).await?;
                 let (core, at) = if wants_core(&decision.reply) {
                     let (core, at) = self.answer_state(cached, version).await?;
                     (Some(core), at)
@@ -450,7 +405,7 @@ impl Ledger {
             }
             None => {
                 let (version, core) = then;
-                (cached.position_of(version), core, now)
+                (self.position_of(cached, version).await?, core, now)
             }
         };
         Ok(Outcome {
@@ -461,6 +416,27 @@ impl Ledger {
             at,
             written: Vec::new(),
         })
+    }
+
+    /// The global position of the account's `version`-th event: from memory when it is
+    /// recent, else from the stream.
+    async fn position_of(
+        &self,
+        cached: &Cached,
+        version: u64,
+    ) -> Result<Option<u64>, CommandError> {
+        if let Ok(position) = cached.positions.get(version) {
+            return Ok(position);
+        }
+        let stream = stream_name(&cached.account.account_id);
+        let stored = self.store.read_stream(&stream, version, 1).await?;
+        match stored.first() {
+            Some(event) if event.version == version => Ok(Some(event.position)),
+            _ => Err(CommandError::Corrupt {
+                stream,
+                message: format!("version {version} is not in the stream"),
+            }),
+        }
     }
 
     /// The account right after its `version`-th event, and that event's time: what the first

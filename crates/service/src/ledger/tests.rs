@@ -7,7 +7,7 @@ use ledger_domain::decide::decide;
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Catalog, Command, Instant};
 
-use super::{answer_weight, Cached, FIRST_ANSWERS_MAX, FIRST_ANSWERS_WEIGHT_MAX};
+use super::cached::{answer_weight, Cached, FIRST_ANSWERS_MAX, FIRST_ANSWERS_WEIGHT_MAX};
 
 fn at() -> Instant {
     "2026-03-01T00:00:00Z".parse().expect("an instant")
