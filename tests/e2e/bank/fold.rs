@@ -140,6 +140,14 @@ impl Fold {
         self.buckets.values().sum()
     }
 
+    /// Top-up and grant lots not yet expired, spent or not.
+    pub fn lots(&self) -> usize {
+        self.buckets
+            .keys()
+            .filter(|(kind, _)| kind != "allowance")
+            .count()
+    }
+
     pub fn held(&self) -> i64 {
         self.open_holds.values().sum()
     }
