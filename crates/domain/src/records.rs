@@ -70,7 +70,7 @@ impl ChargeRecord {
 }
 
 /// Which map a spilled record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     Charge,
     Hold,
@@ -81,7 +81,7 @@ pub enum RecordKind {
 /// Where a spilled record's events are: the version of the first (`credits_charged`,
 /// `hold_placed`, `top_up_purchased`, `grant_added`) and of the one that ended it (the
 /// refund; the capture, release or expiry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spill {
     pub kind: RecordKind,
     pub first_version: u64,
@@ -340,12 +340,19 @@ impl Records {
         if read != spill.versions().collect::<Vec<_>>() {
             return Err(fail(&format!("read versions {read:?}")));
         }
+        let id = match events.first() {
+            Some((_, Event::CreditsCharged(data))) => &data.charge_id,
+            Some((_, Event::HoldPlaced(data))) => &data.hold_id,
+            Some((_, Event::TopUpPurchased(data))) => &data.purchase_id,
+            Some((_, Event::GrantAdded(data))) => &data.grant_id,
+            _ => return Err(fail("the events are not of the record's kind")),
+        };
+        if self.spilled.fingerprint(spill.kind, id) != spilled.fingerprint {
+            return Err(fail("the record read back is another one"));
+        }
         let mut events = events.into_iter().map(|(version, event)| (event, version));
         match (spill.kind, events.next(), events.next()) {
             (RecordKind::Charge, Some((Event::CreditsCharged(charge), version)), ending) => {
-                if self.spilled.fingerprint(spill.kind, &charge.charge_id) != spilled.fingerprint {
-                    return Err(fail("the charge read back is another one"));
-                }
                 let refund = match ending {
                     None => None,
                     Some((Event::ChargeRefunded(refund), refund_version))
@@ -368,9 +375,6 @@ impl Records {
                 );
             }
             (RecordKind::Hold, Some((Event::HoldPlaced(placed), version)), Some((ending, at))) => {
-                if self.spilled.fingerprint(spill.kind, &placed.hold_id) != spilled.fingerprint {
-                    return Err(fail("the hold read back is another one"));
-                }
                 let resolution = match ending {
                     Event::HoldCaptured(data) if data.hold_id == placed.hold_id => {
                         HoldResolution::Captured(data)
@@ -393,9 +397,6 @@ impl Records {
                 );
             }
             (RecordKind::Purchase, Some((Event::TopUpPurchased(event), version)), None) => {
-                if self.spilled.fingerprint(spill.kind, &event.purchase_id) != spilled.fingerprint {
-                    return Err(fail("the top-up read back is another one"));
-                }
                 keep(
                     &mut self.purchases,
                     event.purchase_id.clone(),
@@ -404,9 +405,6 @@ impl Records {
                 );
             }
             (RecordKind::Grant, Some((Event::GrantAdded(event), version)), None) => {
-                if self.spilled.fingerprint(spill.kind, &event.grant_id) != spilled.fingerprint {
-                    return Err(fail("the grant read back is another one"));
-                }
                 keep(&mut self.grants, event.grant_id.clone(), event, version);
             }
             _ => return Err(fail("the events are not of the record's kind")),

@@ -92,6 +92,24 @@ async fn read_stream_decoded<T>(
     }
 }
 
+/// Reads the `version`-th event of `stream` as stored: a stream without it is corrupt.
+pub async fn read_stream_at(
+    store: &dyn EventStore,
+    stream: &str,
+    version: u64,
+) -> Result<RecordedEvent, CommandError> {
+    store
+        .read_stream(stream, version, 1)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|recorded| recorded.version == version)
+        .ok_or_else(|| CommandError::Corrupt {
+            stream: stream.to_string(),
+            message: format!("version {version} is not in the stream"),
+        })
+}
+
 /// Reads the events at `versions` of `stream`, each with its version (old versions
 /// upcast): what a spilled record is restored from.
 pub async fn read_stream_versions(
@@ -99,17 +117,13 @@ pub async fn read_stream_versions(
     stream: &str,
     versions: impl IntoIterator<Item = u64>,
 ) -> Result<Vec<(u64, Event)>, CommandError> {
-    let corrupt = |message: String| CommandError::Corrupt {
-        stream: stream.to_string(),
-        message,
-    };
     let mut events = Vec::new();
     for version in versions {
-        let page = store.read_stream(stream, version, 1).await?;
-        let recorded = page
-            .first()
-            .filter(|recorded| recorded.version == version)
-            .ok_or_else(|| corrupt(format!("version {version} is not in the stream")))?;
+        let recorded = read_stream_at(store, stream, version).await?;
+        let corrupt = |message: String| CommandError::Corrupt {
+            stream: stream.to_string(),
+            message,
+        };
         let (stored_version, event) = decode_payload_event(&recorded.payload)
             .map_err(|err| corrupt(format!("version {version}: {err}")))?;
         if stored_version != version {

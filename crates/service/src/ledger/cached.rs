@@ -10,10 +10,10 @@ use ledger_domain::state::Core;
 use ledger_domain::{Account, Instant};
 
 /// Charges, resolved holds, grants and unpaid top-ups an account keeps whole: between this
-/// many and twice as many, the most recent. Older ones are spilled to a fingerprint (24 bytes instead of a
-/// kilobyte), and a retry that names one reads its events back from the stream. Keeping
-/// them all whole made a serving node grow with its hot accounts' history for ever
-/// (issue 15's soak: a third of its size in ten minutes).
+/// many and twice as many, the most recent. Older ones are spilled to a fingerprint (24
+/// bytes instead of a kilobyte), and a retry that names one reads its events back from the
+/// stream. Keeping them all whole made a serving node grow with its hot accounts' history
+/// for ever (issue 15's soak: a third of its size in ten minutes).
 pub(super) const RECORDS_WHOLE_MAX: usize = 1_024;
 /// First answers of summary-answering commands kept per cached account; older ones are
 /// rebuilt from the stream when replayed.

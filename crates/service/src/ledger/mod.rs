@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 
-use crate::pages::{read_stream_pages, read_stream_versions};
+use crate::pages::{read_stream_at, read_stream_pages, read_stream_versions};
 use cached::{Cached, RECORDS_WHOLE_MAX};
 
 /// How many times a command is decided again after losing a race for the stream.
@@ -429,14 +429,8 @@ impl Ledger {
             return Ok(position);
         }
         let stream = stream_name(&cached.account.account_id);
-        let stored = self.store.read_stream(&stream, version, 1).await?;
-        match stored.first() {
-            Some(event) if event.version == version => Ok(Some(event.position)),
-            _ => Err(CommandError::Corrupt {
-                stream,
-                message: format!("version {version} is not in the stream"),
-            }),
-        }
+        let stored = read_stream_at(self.store.as_ref(), &stream, version).await?;
+        Ok(Some(stored.position))
     }
 
     /// The account right after its `version`-th event, and that event's time: what the first
