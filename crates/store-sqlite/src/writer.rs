@@ -92,7 +92,7 @@ pub(crate) fn spawn(
                     connection: &connection,
                     statements,
                     checkpointer,
-                    streams: HashMap::new(),
+                    streams: HashMap::default(),
                     data_version,
                     head: head_sender,
                     recent,
@@ -252,7 +252,7 @@ struct Writer<'c> {
     /// Ids and last versions of recently written streams, exact within a transaction: they
     /// are updated as appends apply, dropped when a transaction fails, and dropped when
     /// another connection committed since (`data_version`).
-    streams: HashMap<String, Stream>,
+    streams: HashMap<String, Stream, foldhash::quality::RandomState>,
     data_version: i64,
     head: watch::Sender<Option<GlobalPosition>>,
     /// Where committed events go for this process's subscribers.
@@ -343,7 +343,7 @@ impl Writer<'_> {
         // Appends are applied as they arrive, so that waiting for the writers still on
         // their way overlaps with applying those already here.
         loop {
-            for request in &batch[answers.len()..] {
+            for request in &mut batch[answers.len()..] {
                 let answer = self.apply(request)?;
                 answers.push(answer);
             }
@@ -362,7 +362,7 @@ impl Writer<'_> {
     }
 
     /// Applies one append inside the open transaction.
-    fn apply(&mut self, request: &Request) -> Result<Answer, Fatal> {
+    fn apply(&mut self, request: &mut Request) -> Result<Answer, Fatal> {
         let base = request.expected.last_version();
         let stream = self.stream(&request.stream)?;
         if base != stream.version {
@@ -380,6 +380,16 @@ impl Writer<'_> {
                     self.execute("RELEASE append")?;
                 }
                 let last_version = base + request.events.len() as u64;
+                // Inserted, the events are needed only as the committed events the
+                // subscribers get: their bytes move there instead of being copied.
+                let start = self.committing.len() - request.events.len();
+                for (recorded, event) in self.committing[start..]
+                    .iter_mut()
+                    .zip(request.events.drain(..))
+                {
+                    recorded.event_type = event.event_type;
+                    recorded.payload = event.payload;
+                }
                 self.remember(
                     &request.stream,
                     Stream {
@@ -443,8 +453,9 @@ impl Writer<'_> {
                 version,
                 position: unsigned(self.connection.last_insert_rowid()),
                 event_id: event.event_id,
-                event_type: event.event_type.clone(),
-                payload: event.payload.clone(),
+                // Moved in by `apply` once every event of the append is inserted.
+                event_type: String::new(),
+                payload: Vec::new(),
             });
         }
         let appended = &self.committing[start..];
