@@ -84,13 +84,17 @@ pub fn chain_hash(
     // ring's SHA-256 is OpenSSL's assembly: 1.5 times the speed of the sha2 crate's portable
     // code on CPUs without the SHA extensions (this one), where hashing was 6% of a charge.
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    // Formatted on the stack: a charge's seal allocated three short strings here.
+    let mut id_text = Uuid::encode_buffer();
+    let mut version_text = Digits::default();
+    let mut schema_text = Digits::default();
     for field in [
         prev_hash,
-        &event_id.to_string(),
+        event_id.hyphenated().encode_lower(&mut id_text),
         stream,
-        &version.to_string(),
+        version_text.format(version),
         type_name,
-        &schema_version.to_string(),
+        schema_text.format(u64::from(schema_version)),
         occurred_at,
         recorded_at,
         command_id,
@@ -101,6 +105,26 @@ pub fn chain_hash(
         hasher.update(b"\n");
     }
     hex::encode(hasher.finish())
+}
+
+/// The decimal digits of an integer, written without allocating.
+#[derive(Default)]
+struct Digits([u8; 20]);
+
+impl Digits {
+    fn format(&mut self, mut value: u64) -> &str {
+        let mut start = self.0.len();
+        loop {
+            start -= 1;
+            // A digit: `value % 10` is below 10, so the cast keeps it whole.
+            self.0[start] = b'0' + (value % 10) as u8;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        std::str::from_utf8(&self.0[start..]).unwrap_or_default()
+    }
 }
 
 #[derive(Serialize)]
@@ -240,7 +264,12 @@ pub fn seal(
     events: Vec<Event>,
 ) -> Vec<(Envelope, Vec<u8>)> {
     let occurred_text = crate::time::rfc3339(&occurred_at);
-    let recorded_text = crate::time::rfc3339(&recorded_at);
+    // The command handler records an event at the instant it occurred: one formatting.
+    let recorded_text = if recorded_at == occurred_at {
+        occurred_text.clone()
+    } else {
+        crate::time::rfc3339(&recorded_at)
+    };
     let mut prev = prev_hash.to_string();
     let mut sealed = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
@@ -260,21 +289,26 @@ pub fn seal(
             &cause.actor,
             raw.get(),
         );
-        let payload = serde_json::to_vec(&EnvelopeOut {
-            event_id: &event_id,
-            stream,
-            version,
-            position: None,
-            type_name: event.type_name(),
-            schema_version: event.schema_version(),
-            occurred_at: &occurred_text,
-            recorded_at: &recorded_text,
-            command_id: &cause.command_id,
-            actor: &cause.actor,
-            prev_hash: &prev,
-            hash: &hash,
-            data: &raw,
-        })
+        // Sized for the envelope's fields around the data, so it is written without growing.
+        let mut payload = Vec::with_capacity(raw.get().len() + 512);
+        serde_json::to_writer(
+            &mut payload,
+            &EnvelopeOut {
+                event_id: &event_id,
+                stream,
+                version,
+                position: None,
+                type_name: event.type_name(),
+                schema_version: event.schema_version(),
+                occurred_at: &occurred_text,
+                recorded_at: &recorded_text,
+                command_id: &cause.command_id,
+                actor: &cause.actor,
+                prev_hash: &prev,
+                hash: &hash,
+                data: &raw,
+            },
+        )
         .expect("envelope serialises");
         let envelope = Envelope {
             event_id,
@@ -293,4 +327,26 @@ pub fn seal(
         sealed.push((envelope, payload));
     }
     sealed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Digits;
+
+    #[test]
+    fn digits_write_an_integer_as_its_decimal_text() {
+        for value in [
+            0,
+            7,
+            9,
+            10,
+            99,
+            100,
+            1_234_567,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            assert_eq!(Digits::default().format(value), value.to_string());
+        }
+    }
 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use ledger_domain::decide::{decide, Decision, Reply};
-use ledger_domain::envelope::{seal, stream_name, Cause, Envelope};
+use ledger_domain::envelope::{seal, Cause, Envelope};
 use ledger_domain::state::Core;
 use ledger_domain::{Command, Instant, Rejection};
 use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError};
@@ -67,7 +67,7 @@ impl Ledger {
                 return fail_all(pending, &err);
             }
         }
-        let stream = stream_name(&cached.account.account_id);
+        let stream = cached.stream.clone();
         for attempt in 0..CONFLICT_ATTEMPTS_MAX {
             // Each attempt: catching up may have spilled what an earlier one restored.
             if let Err(err) = self.restore_spilled(cached, &pending).await {
@@ -141,7 +141,7 @@ impl Ledger {
                     // Another writer got there first, or already wrote one of these commands
                     // from a staler view: take the batch back out, catch up, decide again.
                     debug!(
-                        stream,
+                        stream = &*stream,
                         attempt, "lost the race for the stream; deciding the batch again"
                     );
                     cached.account.rollback(savepoint, &applied);
@@ -161,7 +161,7 @@ impl Ledger {
             }
         }
         warn!(
-            stream,
+            stream = &*stream,
             "gave up after {CONFLICT_ATTEMPTS_MAX} conflicting appends"
         );
         let err = CommandError::Store(StoreError::Unavailable(format!(

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ledger_domain::envelope::GENESIS_HASH;
+use ledger_domain::envelope::{stream_name, GENESIS_HASH};
 use ledger_domain::state::Core;
 use ledger_domain::{Account, Instant};
 
@@ -35,6 +35,8 @@ pub(super) const POSITIONS_MAX: usize = 2_048;
 #[derive(Debug)]
 pub(super) struct Cached {
     pub(super) account: Account,
+    /// The account's stream, named once: every batch appends to it.
+    pub(super) stream: Arc<str>,
     pub(super) last_hash: String,
     /// The global positions of the latest events.
     pub(super) positions: Positions,
@@ -52,6 +54,7 @@ impl Cached {
     pub(super) fn new(account_id: &str) -> Cached {
         Cached {
             account: Account::new(account_id),
+            stream: stream_name(account_id).into(),
             last_hash: GENESIS_HASH.to_string(),
             positions: Positions::default(),
             first_answers: BTreeMap::new(),

@@ -186,6 +186,10 @@ impl Ledger {
             // Forget accounts nobody is using right now; they reload from their stream.
             accounts.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
+        if let Some(slot) = accounts.get(account_id) {
+            // Most commands find their account: no key to allocate.
+            return slot.clone();
+        }
         accounts
             .entry(account_id.to_string())
             .or_insert_with(|| {
@@ -200,7 +204,7 @@ impl Ledger {
     /// Reads whatever the stream has beyond the cached version. True when there was some:
     /// the cache was behind the stream.
     async fn catch_up(&self, cached: &mut Cached) -> Result<bool, CommandError> {
-        let stream = stream_name(&cached.account.account_id);
+        let stream = cached.stream.clone();
         let before = cached.account.version;
         let account = &mut cached.account;
         let positions = &mut cached.positions;
@@ -236,7 +240,7 @@ impl Ledger {
         cached: &mut Cached,
         pending: &[batch::Pending],
     ) -> Result<(), CommandError> {
-        let stream = stream_name(&cached.account.account_id);
+        let stream = cached.stream.clone();
         for pending in pending {
             let Some(spilled) = cached.account.records.spilled_for(&pending.command) else {
                 continue;
@@ -249,7 +253,7 @@ impl Ledger {
                 .records
                 .restore(spilled, events)
                 .map_err(|err| CommandError::Corrupt {
-                    stream: stream.clone(),
+                    stream: stream.to_string(),
                     message: err.to_string(),
                 })?;
         }
@@ -428,8 +432,7 @@ impl Ledger {
         if let Ok(position) = cached.positions.get(version) {
             return Ok(position);
         }
-        let stream = stream_name(&cached.account.account_id);
-        let stored = read_stream_at(self.store.as_ref(), &stream, version).await?;
+        let stored = read_stream_at(self.store.as_ref(), &cached.stream, version).await?;
         Ok(Some(stored.position))
     }
 
