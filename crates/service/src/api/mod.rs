@@ -135,7 +135,7 @@ impl AppState {
         let name = command.name();
         let result = self
             .ledger
-            .execute(account_id, &command, caller.role.as_str())
+            .execute_owned(account_id, command, caller.role.as_str())
             .await;
         match &result {
             Ok(outcome) => tracing::info!(

@@ -269,8 +269,19 @@ impl Ledger {
         command: &Command,
         actor: &str,
     ) -> Result<Outcome, CommandError> {
+        self.execute_owned(account_id, command.clone(), actor).await
+    }
+
+    /// [`Ledger::execute`] for a caller that has no further use of its command: the HTTP
+    /// handlers, which build one per request, save copying its strings.
+    pub async fn execute_owned(
+        &self,
+        account_id: &str,
+        command: Command,
+        actor: &str,
+    ) -> Result<Outcome, CommandError> {
         let mut answers = self
-            .execute_all(account_id, vec![(command.clone(), actor.to_string())])
+            .execute_all(account_id, vec![(command, actor.to_string())])
             .await;
         answers.pop().unwrap_or_else(|| Err(dropped()))
     }
