@@ -20,6 +20,30 @@ fn catalog_with_free_allowance(allowance: u64) -> Catalog {
     Catalog::from_json(&doc.to_string()).unwrap()
 }
 
+/// A ledger over `store` with account `acct` opened.
+async fn ledger_with_account(store: &Arc<dyn EventStore>) -> Ledger {
+    let ledger = Ledger::new(
+        store.clone(),
+        Arc::new(catalog_with_free_allowance(1_000)),
+        Arc::new(SystemClock),
+    );
+    ledger
+        .execute("acct", &Command::OpenAccount, "billing")
+        .await
+        .unwrap();
+    ledger
+}
+
+/// Account `acct` replayed from every event of its stream in `store`.
+async fn replayed(store: &Arc<dyn EventStore>) -> ledger_domain::Account {
+    let mut events = Vec::new();
+    for recorded in store.read_stream("account-acct", 1, 100_000).await.unwrap() {
+        let raw = ledger_domain::envelope::RawEnvelope::parse(&recorded.payload).unwrap();
+        events.push(raw.decode().unwrap().event);
+    }
+    ledger_domain::Account::replay("acct", &events)
+}
+
 fn chat(id: usize) -> Command {
     Command::Charge(Charge {
         charge_id: format!("c{id}"),
@@ -139,15 +163,7 @@ async fn a_command_dropped_half_way_never_leaves_the_cache_ahead_of_the_stream()
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
-    let ledger = Ledger::new(
-        store.clone(),
-        Arc::new(catalog_with_free_allowance(1_000)),
-        Arc::new(SystemClock),
-    );
-    ledger
-        .execute("acct", &Command::OpenAccount, "billing")
-        .await
-        .unwrap();
+    let ledger = ledger_with_account(&store).await;
     for id in 0..300usize {
         // Give up after a few tens of microseconds: sometimes before the append, sometimes
         // while it is in flight, sometimes after.
@@ -160,12 +176,7 @@ async fn a_command_dropped_half_way_never_leaves_the_cache_ahead_of_the_stream()
         .await
         .unwrap();
     let (cached, _) = ledger.load("acct").await.unwrap();
-    let mut events = Vec::new();
-    for recorded in store.read_stream("account-acct", 1, 100_000).await.unwrap() {
-        let raw = ledger_domain::envelope::RawEnvelope::parse(&recorded.payload).unwrap();
-        events.push(raw.decode().unwrap().event);
-    }
-    assert_eq!(cached, ledger_domain::Account::replay("acct", &events));
+    assert_eq!(cached, replayed(&store).await);
 }
 
 /// A lone command decided on its caller's task holds the account; when that caller gives up
@@ -176,15 +187,7 @@ async fn a_caller_giving_up_never_strands_the_commands_queued_behind_it() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
-    let ledger = Ledger::new(
-        store,
-        Arc::new(catalog_with_free_allowance(1_000)),
-        Arc::new(SystemClock),
-    );
-    ledger
-        .execute("acct", &Command::OpenAccount, "billing")
-        .await
-        .unwrap();
+    let ledger = ledger_with_account(&store).await;
     for round in 0..200usize {
         let impatient = {
             let ledger = ledger.clone();
@@ -267,4 +270,50 @@ async fn regression_a_node_kept_every_charge_whole_and_grew_with_its_history() {
     let events_after = store.read_stream("account-long", 1, 10_000).await.unwrap();
     assert_eq!(events_after.len(), events_before.len() + 1);
     assert_eq!(events_after.last().unwrap().event_type, "charge_refunded");
+}
+
+/// Issue 18: a command whose append's fate was unknown (its caller hung up mid-append, or
+/// the store lost the answer) made the account's next command read its whole stream again,
+/// hundreds of milliseconds once the history was long. Now the batch is taken back out of
+/// the cache and only what the stream has beyond it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_lost_append_answer_made_the_next_command_reload_the_whole_stream() {
+    use ledger_store::faults::{Fault, Faults, FaultyStore, Op, Times};
+
+    // Given an account with 300 charges, and a charge whose events were written but whose
+    // answer was lost
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let faults = Faults::new();
+    let store: Arc<dyn EventStore> = Arc::new(FaultyStore::new(inner, faults.clone()));
+    let ledger = ledger_with_account(&store).await;
+    for id in 0..300usize {
+        ledger.execute("acct", &chat(id), "executor").await.unwrap();
+    }
+    faults.arm(Op::Append, Fault::AfterDurable, Times::Once);
+    let lost = ledger.execute("acct", &chat(300), "executor").await;
+    assert!(matches!(lost, Err(CommandError::Store(_))), "{lost:?}");
+    let read_before = faults.stream_events_read();
+
+    // When the next charge comes, and then the lost one is retried
+    let next = ledger.execute("acct", &chat(301), "executor").await;
+    let read_for_next = faults.stream_events_read() - read_before;
+    let retried = ledger.execute("acct", &chat(300), "executor").await;
+
+    // Then the next charge read only the lost charge's event back, not the 302 before it;
+    // the retry is a replay; and the cache equals a replay of the stream
+    assert!(next.is_ok(), "{next:?}");
+    assert_eq!(read_for_next, 1, "events read to decide the next charge");
+    assert!(retried.expect("replayed").replayed);
+    let (cached, _) = ledger.load("acct").await.unwrap();
+    assert_eq!(
+        store
+            .read_stream("account-acct", 1, 1_000)
+            .await
+            .unwrap()
+            .len(),
+        303
+    );
+    assert_eq!(cached, replayed(&store).await);
 }

@@ -88,6 +88,8 @@ struct Armed {
 pub struct Faults {
     armed: Arc<Mutex<Vec<Armed>>>,
     injected: Arc<AtomicU64>,
+    /// Events the wrapped stores' `read_stream` calls returned, faults or not.
+    stream_events_read: Arc<AtomicU64>,
 }
 
 impl Faults {
@@ -128,6 +130,12 @@ impl Faults {
     /// How many calls a fault has hit so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::SeqCst)
+    }
+
+    /// How many events `read_stream` calls have returned so far: what a test reads to tell
+    /// a catch-up of a few events from a reload of a whole stream.
+    pub fn stream_events_read(&self) -> u64 {
+        self.stream_events_read.load(Ordering::SeqCst)
     }
 
     /// Whether any fault is still armed.
@@ -262,7 +270,11 @@ impl EventStore for FaultyStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let read = self.inner.read_stream(stream, from_version, limit);
-        self.read(Op::ReadStream, Some(stream), read).await
+        let events = self.read(Op::ReadStream, Some(stream), read).await?;
+        self.faults
+            .stream_events_read
+            .fetch_add(events.len() as u64, Ordering::SeqCst);
+        Ok(events)
     }
 
     async fn read_all(

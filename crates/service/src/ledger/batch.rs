@@ -19,6 +19,7 @@ use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::cached::InFlight;
 use super::{
     backoff, wants_core, Cached, CommandError, Ledger, Outcome, CONFLICT_ATTEMPTS_MAX,
     RECORDS_WHOLE_MAX,
@@ -59,10 +60,7 @@ enum Plan {
 impl Ledger {
     /// Decides `pending` on the account in `cached` and answers every one of them.
     pub(super) async fn run_batch(&self, cached: &mut Cached, pending: Vec<Pending>) {
-        if cached.in_flight {
-            *cached = Cached::new(&cached.account.account_id.clone());
-        }
-        if cached.account.version == 0 {
+        if cached.take_back() || cached.account.version == 0 {
             if let Err(err) = self.catch_up(cached).await {
                 return fail_all(pending, &err);
             }
@@ -116,7 +114,11 @@ impl Ledger {
                 .filter(|plan| matches!(plan, Plan::Written { .. }))
                 .count();
             let expected = ExpectedVersion::from_last_version(base_version);
-            cached.in_flight = true;
+            cached.in_flight = Some(InFlight {
+                savepoint,
+                applied,
+                base_hash,
+            });
             let appended = self.store.append(&stream, expected, events).await;
             match appended {
                 Ok(appended) => {
@@ -130,32 +132,29 @@ impl Ledger {
                         }
                     };
                     let mut plans = plans;
+                    cached.in_flight = None;
                     self.settle(cached, &mut plans, &positions, now);
-                    cached.in_flight = false;
                     return self.answer(cached, pending, plans, now).await;
                 }
                 Err(
                     StoreError::WrongExpectedVersion { .. } | StoreError::EventIdConflict { .. },
                 ) => {
-                    cached.in_flight = false;
                     // Another writer got there first, or already wrote one of these commands
                     // from a staler view: take the batch back out, catch up, decide again.
                     debug!(
                         stream = &*stream,
                         attempt, "lost the race for the stream; deciding the batch again"
                     );
-                    cached.account.rollback(savepoint, &applied);
-                    cached.last_hash = base_hash;
+                    cached.take_back();
                     backoff(attempt).await;
                     if let Err(err) = self.catch_up(cached).await {
                         return fail_all(pending, &err);
                     }
                 }
                 Err(err) => {
-                    // The append may or may not have landed: forget the cache so the next
-                    // command reads the truth from the stream. Retries with the same ids are
-                    // safe either way.
-                    *cached = Cached::new(&cached.account.account_id.clone());
+                    // The append may or may not have landed: the batch stays in flight, for
+                    // the next holder to take back out and read the truth from the stream.
+                    // Retries with the same ids are safe either way.
                     return fail_all(pending, &CommandError::from(err));
                 }
             }

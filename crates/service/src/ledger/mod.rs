@@ -487,9 +487,7 @@ impl Ledger {
         let slot = self.slot(account_id);
         let loaded = {
             let mut cached = slot.state.lock().await;
-            if cached.in_flight {
-                *cached = Cached::new(account_id);
-            }
+            cached.take_back();
             self.catch_up(&mut cached)
                 .await
                 .map(|_| (cached.account.clone(), cached.last_position()))
