@@ -86,15 +86,15 @@ pub fn chain_hash(
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     // Formatted on the stack: a charge's seal allocated three short strings here.
     let mut id_text = Uuid::encode_buffer();
-    let mut version_text = Digits::default();
-    let mut schema_text = Digits::default();
+    let mut version_text = itoa::Buffer::new();
+    let mut schema_text = itoa::Buffer::new();
     for field in [
         prev_hash,
         event_id.hyphenated().encode_lower(&mut id_text),
         stream,
         version_text.format(version),
         type_name,
-        schema_text.format(u64::from(schema_version)),
+        schema_text.format(schema_version),
         occurred_at,
         recorded_at,
         command_id,
@@ -105,26 +105,6 @@ pub fn chain_hash(
         hasher.update(b"\n");
     }
     hex::encode(hasher.finish())
-}
-
-/// The decimal digits of an integer, written without allocating.
-#[derive(Default)]
-struct Digits([u8; 20]);
-
-impl Digits {
-    fn format(&mut self, mut value: u64) -> &str {
-        let mut start = self.0.len();
-        loop {
-            start -= 1;
-            // A digit: `value % 10` is below 10, so the cast keeps it whole.
-            self.0[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        std::str::from_utf8(&self.0[start..]).unwrap_or_default()
-    }
 }
 
 #[derive(Serialize)]
@@ -327,26 +307,4 @@ pub fn seal(
         sealed.push((envelope, payload));
     }
     sealed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Digits;
-
-    #[test]
-    fn digits_write_an_integer_as_its_decimal_text() {
-        for value in [
-            0,
-            7,
-            9,
-            10,
-            99,
-            100,
-            1_234_567,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            assert_eq!(Digits::default().format(value), value.to_string());
-        }
-    }
 }

@@ -126,8 +126,8 @@ impl Ledger {
                     {
                         Ok(positions) => positions,
                         Err(err) => {
-                            // Durable, but where is unknown: read everything again next time.
-                            *cached = Cached::new(&cached.account.account_id.clone());
+                            // Durable, but where is unknown: the batch stays in flight, and
+                            // the next holder reads its events back with their positions.
                             return fail_all(pending, &err);
                         }
                     };
