@@ -44,7 +44,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod support;
 
-use support::{env_number, median, BenchResult};
+use support::{cpu_seconds, env_number, median, BenchResult};
 
 /// Tasks preparing accounts at once.
 const PREPARE_TASKS: usize = 128;
@@ -69,20 +69,23 @@ fn main() -> BenchResult<()> {
     println!();
     let peer = peer_binary()?;
     println!(
-        "| scenario | ledger (charges/s) | naive: tx per charge | ledger ÷ naive | cqrs-es peer | ledger ÷ peer | peer conflicts |"
+        "| scenario | ledger (charges/s) | ledger CPU µs/charge | naive: tx per charge | ledger ÷ naive | cqrs-es peer | ledger ÷ peer | peer conflicts |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let only = std::env::var("LEDGER_BENCH_ONLY").unwrap_or_default();
     for (name, tasks, accounts) in SCENARIOS {
         if !name.contains(only.as_str()) {
             continue;
         }
         let mut ledger_rates = Vec::with_capacity(runs);
+        let mut ledger_cpu = Vec::with_capacity(runs);
         let mut naive_rates = Vec::with_capacity(runs);
         let mut peer_rates = Vec::with_capacity(runs);
         let mut peer_conflicts = Vec::with_capacity(runs);
         for _ in 0..runs {
-            ledger_rates.push(runtime.block_on(ledger_run(tasks, accounts, run_time))?);
+            let (rate, cpu_us) = runtime.block_on(ledger_run(tasks, accounts, run_time))?;
+            ledger_rates.push(rate);
+            ledger_cpu.push(cpu_us);
             naive_rates.push(naive_run(tasks, accounts, run_time)?);
             if let Some(peer) = &peer {
                 let (rate, conflicts) = peer_run(peer, tasks, accounts, run_time)?;
@@ -103,7 +106,8 @@ fn main() -> BenchResult<()> {
             )
         };
         println!(
-            "| {name} | {ledger:.0} | {naive:.0} | {:.1} | {peer_columns} |",
+            "| {name} | {ledger:.0} | {:.1} | {naive:.0} | {:.1} | {peer_columns} |",
+            median(&mut ledger_cpu),
             ledger / naive.max(1.0)
         );
     }
@@ -171,8 +175,11 @@ fn account_id(n: usize) -> String {
     format!("bench-{n}")
 }
 
-/// Charges through the command handler for `run_time`, `tasks` at once over `accounts`.
-async fn ledger_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchResult<f64> {
+/// Charges through the command handler for `run_time`, `tasks` at once over `accounts`: the
+/// rate, and the process's CPU time (all threads, the store's writer too) per charge in µs.
+/// The CPU figure moves far less with a busy machine than the rate does, so it is what tells
+/// two builds apart.
+async fn ledger_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchResult<(f64, f64)> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir.path().join("e.sqlite"))?);
     let ledger = Ledger::new(store, Arc::new(Catalog::shipped()), Arc::new(SystemClock));
@@ -239,14 +246,17 @@ async fn ledger_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchR
         }));
     }
     let started = Instant::now();
+    let (done_before, cpu_before) = (done.load(Ordering::Relaxed), cpu_seconds());
     tokio::time::sleep(run_time).await;
     let charged = done.load(Ordering::Relaxed);
+    let cpu = cpu_seconds() - cpu_before;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for handle in handles {
         handle.await?;
     }
-    Ok(charged as f64 / elapsed.as_secs_f64())
+    let measured = charged.saturating_sub(done_before).max(1) as f64;
+    Ok((charged as f64 / elapsed.as_secs_f64(), cpu * 1e6 / measured))
 }
 
 /// The naive design: `tasks` threads share one connection and run one transaction per

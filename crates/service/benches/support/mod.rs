@@ -21,3 +21,20 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// CPU time (user + system, every thread) this process has used, in seconds, from /proc;
+/// 0 where there is none.
+#[allow(dead_code)] // the charges bench measures CPU; the insight bench does not
+pub fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The fields after the parenthesised command name; utime and stime are the 12th
+            // and 13th of those, in clock ticks (USER_HZ, 100 per second on Linux).
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
