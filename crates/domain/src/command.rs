@@ -192,27 +192,30 @@ impl Command {
     /// The id stored in the envelope and hashed into event ids: the caller's id where the
     /// command has one, so that a retried command maps to the same event ids.
     pub fn command_id(&self, now: Instant) -> String {
-        let at = crate::time::rfc3339(&now);
+        // Concatenated rather than formatted, and the instant written only for the commands
+        // named by it: this runs for every command, charges above all (issue 18's profile).
+        let named = |prefix: &str, id: &str| [prefix, id].concat();
+        let at = |prefix: &str| named(prefix, &crate::time::rfc3339(&now));
         match self {
             Command::OpenAccount => "open".into(),
             Command::ChangeSubscription(c) | Command::SyncSubscription(c) => {
-                format!("subscription:{}", c.reference)
+                named("subscription:", &c.reference)
             }
-            Command::RenewAllowance(c) => format!("renewal:{}", c.invoice_id),
-            Command::PurchaseTopUp(c) => format!("top-up:{}", c.purchase_id),
-            Command::PurchasePaidTopUp(c) => format!("top-up:{}", c.top_up.purchase_id),
-            Command::RevokeTopUp(c) => format!("revoke:{}", c.payment_ref),
-            Command::SubmitBusinessVerification(_) => format!("verification-submitted:{at}"),
-            Command::ApproveBusinessVerification => format!("verification-approved:{at}"),
-            Command::RejectBusinessVerification { .. } => format!("verification-rejected:{at}"),
-            Command::AddGrant(c) => format!("grant:{}", c.grant_id),
-            Command::Charge(c) => format!("charge:{}", c.charge_id),
-            Command::RefundCharge { charge_id, .. } => format!("refund:{charge_id}"),
-            Command::PlaceHold(c) => format!("hold:{}", c.hold_id),
-            Command::CaptureHold(c) => format!("capture:{}", c.hold_id),
-            Command::ReleaseHold { hold_id } => format!("release:{hold_id}"),
-            Command::Tick => format!("tick:{at}"),
-            Command::ConfigureAlerts(_) => format!("alerts:{at}"),
+            Command::RenewAllowance(c) => named("renewal:", &c.invoice_id),
+            Command::PurchaseTopUp(c) => named("top-up:", &c.purchase_id),
+            Command::PurchasePaidTopUp(c) => named("top-up:", &c.top_up.purchase_id),
+            Command::RevokeTopUp(c) => named("revoke:", &c.payment_ref),
+            Command::SubmitBusinessVerification(_) => at("verification-submitted:"),
+            Command::ApproveBusinessVerification => at("verification-approved:"),
+            Command::RejectBusinessVerification { .. } => at("verification-rejected:"),
+            Command::AddGrant(c) => named("grant:", &c.grant_id),
+            Command::Charge(c) => named("charge:", &c.charge_id),
+            Command::RefundCharge { charge_id, .. } => named("refund:", charge_id),
+            Command::PlaceHold(c) => named("hold:", &c.hold_id),
+            Command::CaptureHold(c) => named("capture:", &c.hold_id),
+            Command::ReleaseHold { hold_id } => named("release:", hold_id),
+            Command::Tick => at("tick:"),
+            Command::ConfigureAlerts(_) => at("alerts:"),
         }
     }
 }

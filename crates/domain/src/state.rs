@@ -415,14 +415,19 @@ impl Account {
     /// Takes back `events`, every event applied since `savepoint` in the order they were
     /// applied, leaving the account exactly as it was at the savepoint. Each record an event
     /// added is keyed by an id that `decide` never reuses, so removing it restores the map.
-    pub fn rollback(&mut self, savepoint: Savepoint, events: &[Event]) {
+    pub fn rollback<'a, I>(&mut self, savepoint: Savepoint, events: I)
+    where
+        I: IntoIterator<Item = &'a Event>,
+        I::IntoIter: DoubleEndedIterator + ExactSizeIterator,
+    {
+        let events = events.into_iter();
         debug_assert_eq!(
             self.version,
             savepoint.version + events.len() as u64,
             "rollback must name every event applied since the savepoint"
         );
         let records = &mut self.records;
-        for event in events.iter().rev() {
+        for event in events.rev() {
             records.take_back(event);
         }
         records.verification_submitted_version = savepoint.verification_submitted_version;

@@ -49,11 +49,13 @@ enum Plan {
         version: u64,
         core: Option<Arc<Core>>,
     },
-    /// Events folded into the cache, to be appended with the batch.
+    /// Events folded into the cache, to be appended with the batch. While the append is in
+    /// flight its `events` envelopes are in the cache's `InFlight`, not here.
     Written {
         reply: Reply,
         core: Option<Arc<Core>>,
         envelopes: Vec<Envelope>,
+        events: usize,
     },
 }
 
@@ -100,14 +102,14 @@ impl Ledger {
                 }
                 return self.answer(cached, pending, plans, now).await;
             }
-            let applied: Vec<_> = plans
-                .iter()
+            let mut plans = plans;
+            let applied: Vec<Envelope> = plans
+                .iter_mut()
                 .filter_map(|plan| match plan {
-                    Plan::Written { envelopes, .. } => Some(envelopes),
+                    Plan::Written { envelopes, .. } => Some(std::mem::take(envelopes)),
                     _ => None,
                 })
                 .flatten()
-                .map(|envelope| envelope.event.clone())
                 .collect();
             let written_commands = plans
                 .iter()
@@ -131,8 +133,9 @@ impl Ledger {
                             return fail_all(pending, &err);
                         }
                     };
-                    let mut plans = plans;
-                    cached.in_flight = None;
+                    if let Some(in_flight) = cached.in_flight.take() {
+                        give_back(&mut plans, in_flight.applied);
+                    }
                     self.settle(cached, &mut plans, &positions, now);
                     return self.answer(cached, pending, plans, now).await;
                 }
@@ -224,6 +227,7 @@ impl Ledger {
                     Plan::Written {
                         reply: decision.reply,
                         core,
+                        events: envelopes.len(),
                         envelopes,
                     }
                 }
@@ -324,6 +328,7 @@ impl Ledger {
                     reply,
                     core,
                     envelopes,
+                    ..
                 } => Ok(Outcome {
                     reply,
                     replayed: false,
@@ -335,6 +340,20 @@ impl Ledger {
             };
             // A caller that gave up no longer listens; its command is done all the same.
             let _ = pending.reply.send(result);
+        }
+    }
+}
+
+/// Moves a durable batch's envelopes back from the cache's `InFlight` into the plans that
+/// wrote them, in order.
+fn give_back(plans: &mut [Plan], applied: Vec<Envelope>) {
+    let mut applied = applied.into_iter();
+    for plan in plans {
+        if let Plan::Written {
+            envelopes, events, ..
+        } = plan
+        {
+            envelopes.extend(applied.by_ref().take(*events));
         }
     }
 }

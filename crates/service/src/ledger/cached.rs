@@ -5,8 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use ledger_domain::envelope::{stream_name, GENESIS_HASH};
-use ledger_domain::events::Event;
+use ledger_domain::envelope::{stream_name, Envelope, GENESIS_HASH};
 use ledger_domain::state::{Core, Savepoint};
 use ledger_domain::{Account, Instant};
 
@@ -78,8 +77,10 @@ impl Cached {
         let Some(in_flight) = self.in_flight.take() else {
             return false;
         };
-        self.account
-            .rollback(in_flight.savepoint, &in_flight.applied);
+        self.account.rollback(
+            in_flight.savepoint,
+            in_flight.applied.iter().map(|envelope| &envelope.event),
+        );
         self.last_hash = in_flight.base_hash;
         true
     }
@@ -114,8 +115,10 @@ impl Cached {
 pub(super) struct InFlight {
     /// The account before the batch.
     pub(super) savepoint: Savepoint,
-    /// The batch's events, in the order they were folded in.
-    pub(super) applied: Vec<Event>,
+    /// The batch's events, in the order they were folded in: moved here from the batch's
+    /// plans while the append is in flight and back once it is durable (copying them cost
+    /// every charge an event clone and drop).
+    pub(super) applied: Vec<Envelope>,
     /// The chain's last hash before the batch.
     pub(super) base_hash: String,
 }
