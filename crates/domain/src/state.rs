@@ -197,6 +197,21 @@ impl PlanState {
         }
     }
 
+    /// Whether `event` can change a plan: exactly the events [`PlanState::apply`] folds. The
+    /// tier view leaves its row alone for the others (charges above all); the property test
+    /// holds the two together.
+    pub fn changed_by(event: &Event) -> bool {
+        matches!(
+            event,
+            Event::AccountOpened(_)
+                | Event::TierChanged(_)
+                | Event::AllowanceRenewed(_)
+                | Event::BusinessVerificationSubmitted(_)
+                | Event::BusinessVerificationApproved(_)
+                | Event::BusinessVerificationRejected(_)
+        )
+    }
+
     /// Folds one event into the plan.
     pub fn apply(&mut self, event: &Event) {
         match event {
@@ -239,6 +254,22 @@ impl PlanState {
 }
 
 impl Trials {
+    /// Whether `event` can change the trials: the events [`Trials::apply`] folds, and of runs
+    /// only those a trial paid for. The trial-usage view leaves its row alone for the others
+    /// (every charge paid with credits); the property test holds the two together.
+    pub fn changed_by(event: &Event) -> bool {
+        match event {
+            Event::AccountOpened(_)
+            | Event::TrialGranted(_)
+            | Event::TrialRunConsumed(_)
+            | Event::TrialWindowOpened(_)
+            | Event::TrialWindowClosed(_) => true,
+            Event::CreditsCharged(data) => data.paid_by == PaidBy::Trial,
+            Event::HoldPlaced(data) => data.paid_by == PaidBy::Trial,
+            _ => false,
+        }
+    }
+
     /// Folds one event into the trials.
     pub fn apply(&mut self, event: &Event) {
         match event {

@@ -11,7 +11,7 @@ use ledger_domain::alerts::{AlertWatch, ConfigureAlerts};
 use ledger_domain::command::*;
 use ledger_domain::envelope::{seal, Cause, RawEnvelope, GENESIS_HASH};
 use ledger_domain::events::*;
-use ledger_domain::state::Core;
+use ledger_domain::state::{Core, PlanState, Trials};
 use ledger_domain::{decide, Account, Catalog, Credits, Decision, Instant, Rejection, Tier};
 use proptest::prelude::*;
 
@@ -503,7 +503,25 @@ fn run(catalog: &Catalog, ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
             if let Some(core) = account.core.as_ref() {
                 check_draws(core, &envelope.event, now)?;
             }
+            let before = account
+                .core
+                .as_ref()
+                .map(|core| (core.plan.clone(), core.trials.clone()));
             account.evolve(&envelope.event);
+            // The sparse views (tier, trial-usage) leave a row alone for an event that these
+            // rule out: such an event must not change what the row holds.
+            if let (Some((plan, trials)), Some(core)) = (before, account.core.as_ref()) {
+                if !PlanState::changed_by(&envelope.event) {
+                    prop_assert_eq!(&plan, &core.plan, "an event ruled out changed the plan");
+                }
+                if !Trials::changed_by(&envelope.event) {
+                    prop_assert_eq!(
+                        &trials,
+                        &core.trials,
+                        "an event ruled out changed the trials"
+                    );
+                }
+            }
             check_alert_watch(&mut watch, account, &envelope.event, now)?;
             books.record(&envelope.event);
             history.push(envelope.event);

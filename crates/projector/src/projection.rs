@@ -132,6 +132,17 @@ pub trait Projection: Send + Sync + 'static {
     /// Folds an account's next event into its row.
     fn update(row: &mut Self::Row, event: &AccountEvent);
 
+    /// True for a view whose rows only some events change (a plan, trials): the runtime then
+    /// leaves a row alone for any event [`Projection::changes`] rules out, without copying,
+    /// encoding or storing it again, and the row keeps the version of the last event that
+    /// changed it. The tier view rewrote every account's row on every charge (issue 18).
+    const SPARSE: bool = false;
+
+    /// Whether `event` can change a row. Only a [`Projection::SPARSE`] view says no.
+    fn changes(_event: &Event) -> bool {
+        true
+    }
+
     /// Appends the stored form of `row` to `out`.
     fn encode(row: &Self::Row, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
 
@@ -157,10 +168,23 @@ pub struct UsageView;
 
 macro_rules! delegate {
     ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident| $update:expr) => {
+        delegate!($marker, $view, $row, $krate, |$row_arg, $event| $update, {});
+    };
+    ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident| $update:expr, sparse) => {
+        delegate!($marker, $view, $row, $krate, |$row_arg, $event| $update, {
+            const SPARSE: bool = true;
+
+            fn changes(event: &Event) -> bool {
+                $krate::changes(event)
+            }
+        });
+    };
+    ($marker:ty, $view:ident, $row:ty, $krate:ident, |$row_arg:ident, $event:ident| $update:expr, { $($extra:tt)* }) => {
         impl Projection for $marker {
             type Row = $row;
             const VIEW: ViewName = ViewName::$view;
             const ROW_FORMAT: u32 = $krate::ROW_FORMAT;
+            $($extra)*
 
             fn create(event: &Event) -> Option<$row> {
                 $krate::create(event)
@@ -195,14 +219,16 @@ delegate!(
     TrialUsage,
     Trials,
     ledger_projection_trial_usage,
-    |row, event| ledger_projection_trial_usage::update(row, &event.event, event.version)
+    |row, event| ledger_projection_trial_usage::update(row, &event.event, event.version),
+    sparse
 );
 delegate!(
     TierView,
     Tier,
     PlanState,
     ledger_projection_tier,
-    |row, event| ledger_projection_tier::update(row, &event.event, event.version)
+    |row, event| ledger_projection_tier::update(row, &event.event, event.version),
+    sparse
 );
 delegate!(
     UsageView,

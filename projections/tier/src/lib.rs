@@ -37,6 +37,12 @@ pub fn update(row: &mut PlanState, event: &Event, _version: u64) {
     row.apply(event);
 }
 
+/// Whether `event` can change a row; the runtime leaves rows alone for the others, so a
+/// row keeps the version of the last event that changed it.
+pub fn changes(event: &Event) -> bool {
+    PlanState::changed_by(event)
+}
+
 /// The view as a pure fold over one account's stream: `account_opened` creates the row, every
 /// later event updates it.
 pub fn apply(view: &mut Option<PlanState>, event: &Event, version: u64) {

@@ -39,6 +39,12 @@ pub fn update(row: &mut Trials, event: &Event, _version: u64) {
     row.apply(event);
 }
 
+/// Whether `event` can change a row; the runtime leaves rows alone for the others, so a
+/// row keeps the version of the last event that changed it.
+pub fn changes(event: &Event) -> bool {
+    Trials::changed_by(event)
+}
+
 /// The view as a pure fold over one account's stream: `account_opened` creates the row, every
 /// later event updates it.
 pub fn apply(view: &mut Option<Trials>, event: &Event, version: u64) {

@@ -6,7 +6,10 @@
 //! event changed. Killed before the commit, the batch is lost entirely and re-read from the
 //! checkpoint; killed after it, the batch is entirely in. As a second guard every row keeps
 //! its stream version: an event at or below it is skipped (counted in the metrics), one that
-//! skips a version stops the projector rather than build a wrong view.
+//! skips a version stops the projector rather than build a wrong view. A sparse view (tier,
+//! trial-usage: see `Projection::SPARSE`) leaves a row alone for the events that cannot
+//! change it, so its rows keep the version of the last event that did, and for it the guard
+//! is that versions grow.
 //!
 //! Each view runs on its own thread, since SQLite calls block; events reach it through a
 //! channel whose capacity the reader task acquires from a semaphore (backpressure without
@@ -230,7 +233,9 @@ impl<P: Projection> ViewWorker<P> {
                     }
                     return Ok(());
                 }
-                if account.version != slot.version + 1 {
+                // A sparse view's row skips the versions of the events that did not change
+                // it: there the guard is that versions grow.
+                if !P::SPARSE && account.version != slot.version + 1 {
                     return Err(ProjectorError::VersionGap {
                         view: P::VIEW,
                         account_id: account.account_id.to_string(),
@@ -238,6 +243,9 @@ impl<P: Projection> ViewWorker<P> {
                         got: account.version,
                         position: decoded.position,
                     });
+                }
+                if !P::changes(&account.event) {
+                    return Ok(());
                 }
                 // Rows changed earlier in this batch are already listed.
                 let listed = committed.is_none_or(|at| slot.changed_at_position > at);
