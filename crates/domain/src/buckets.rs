@@ -38,6 +38,7 @@ pub struct Bucket {
     pub credits: Credits,
     pub remaining: Credits,
     /// `None`: never expires. The allowance expires at its period's end.
+    #[serde(serialize_with = "crate::time::instant_text::serialize_option")]
     pub expires_at: Option<Instant>,
     pub origin: Origin,
 }
@@ -51,6 +52,7 @@ pub struct Origin {
     pub version: u64,
     /// When the bucket began to count: the allowance's period start. Lots count from the
     /// event that created them and carry `None`.
+    #[serde(serialize_with = "crate::time::instant_text::serialize_option")]
     pub starts_at: Option<Instant>,
 }
 
