@@ -59,6 +59,7 @@ async fn seed(data: &Path) {
                 event_id: envelope.event_id,
                 event_type: envelope.event.type_name().to_string(),
                 payload,
+                attachment: None,
             })
             .collect();
         store

@@ -141,6 +141,7 @@ impl Writer {
                 event_id: envelope.event_id,
                 event_type: envelope.event.type_name().to_owned(),
                 payload,
+                attachment: None,
             });
             self.account.apply(envelope.event);
         }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ledger_domain::envelope::{account_of_stream, SlimEnvelope};
+use ledger_domain::envelope::{account_of_stream, Envelope, SlimEnvelope};
 use ledger_domain::events::{DecodeError, Event};
 use ledger_domain::Instant;
 use ledger_store::{GlobalPosition, RecordedEvent};
@@ -33,7 +33,9 @@ pub struct AccountEvent {
     pub event: Event,
 }
 
-/// Decodes a stored event, upcasting old schema versions.
+/// Decodes a stored event, upcasting old schema versions. An event that comes with the
+/// envelope its appender sealed (from the writer of this process) is taken from that
+/// instead of being parsed again.
 pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
     let Some(account_id) = account_of_stream(&record.stream) else {
         return Ok(Decoded {
@@ -42,6 +44,24 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
             account: None,
         });
     };
+    let sealed = record
+        .attachment
+        .as_ref()
+        .and_then(|attachment| attachment.0.downcast_ref::<Envelope>())
+        .filter(|envelope| envelope.version == record.version && envelope.stream == record.stream);
+    if let Some(envelope) = sealed {
+        return Ok(Decoded {
+            position: record.position,
+            recorded_at_us: Some(envelope.recorded_at.timestamp_micros()),
+            account: Some(AccountEvent {
+                account_id: Arc::from(account_id),
+                version: envelope.version,
+                schema_version: envelope.schema_version,
+                occurred_at: envelope.occurred_at,
+                event: envelope.event.clone(),
+            }),
+        });
+    }
     let failed = |source: DecodeError| ProjectorError::Decode {
         position: record.position,
         stream: record.stream.clone(),
@@ -78,4 +98,61 @@ pub fn decode(record: &RecordedEvent) -> Result<Decoded, ProjectorError> {
             event,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use ledger_domain::envelope::{seal, Cause, GENESIS_HASH};
+    use ledger_store::Attachment;
+
+    use super::*;
+
+    /// What the feed takes from a sealed envelope equals what it parses from the payload.
+    #[test]
+    fn an_attached_envelope_decodes_as_its_payload_does() {
+        let opened_at: Instant = "2026-11-27T10:00:00.123456Z".parse().unwrap();
+        let recorded_at: Instant = "2026-11-27T10:00:00.5Z".parse().unwrap();
+        let catalog = ledger_domain::Catalog::shipped();
+        let opened = ledger_domain::decide::decide(
+            &ledger_domain::Account::new("a1"),
+            &catalog,
+            &ledger_domain::Command::OpenAccount,
+            opened_at,
+        )
+        .unwrap();
+        let cause = Cause {
+            command_id: "open".into(),
+            actor: "billing".into(),
+        };
+        let sealed = seal(
+            "account-a1",
+            0,
+            GENESIS_HASH,
+            &cause,
+            opened_at,
+            recorded_at,
+            opened.events,
+        );
+        assert!(!sealed.is_empty());
+        for (index, (envelope, payload)) in sealed.into_iter().enumerate() {
+            let mut record = RecordedEvent {
+                stream: "account-a1".into(),
+                version: envelope.version,
+                position: 40 + index as u64,
+                event_id: envelope.event_id,
+                event_type: envelope.event.type_name().into(),
+                payload,
+                attachment: None,
+            };
+            let parsed = decode(&record).unwrap();
+            record.attachment = Some(Attachment(Arc::new(envelope.clone())));
+            assert_eq!(decode(&record).unwrap(), parsed);
+            // An attachment for another place in the stream is not trusted: the payload is.
+            let mut elsewhere = envelope.clone();
+            elsewhere.version += 1;
+            elsewhere.occurred_at = recorded_at;
+            record.attachment = Some(Attachment(Arc::new(elsewhere)));
+            assert_eq!(decode(&record).unwrap(), parsed);
+        }
+    }
 }

@@ -172,6 +172,7 @@ async fn write_stream(
                 event_id: envelope.event_id,
                 event_type: envelope.event.type_name().to_owned(),
                 payload,
+                attachment: None,
             });
             envelopes.push(envelope);
         }

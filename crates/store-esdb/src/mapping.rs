@@ -81,6 +81,7 @@ pub fn recorded_event(resolved: ResolvedEvent) -> Result<RecordedEvent, StoreErr
         event_id: event.id,
         event_type: event.event_type,
         payload: event.data.to_vec(),
+        attachment: None,
     })
 }
 

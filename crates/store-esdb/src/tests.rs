@@ -8,6 +8,7 @@ fn new_event(payload: &[u8]) -> NewEvent {
         event_id: Uuid::new_v4(),
         event_type: "credits_charged".into(),
         payload: payload.to_vec(),
+        attachment: None,
     }
 }
 

@@ -150,6 +150,7 @@ async fn an_unreachable_node_is_unavailable_and_retryable() {
         event_id: Uuid::new_v4(),
         event_type: "account_opened".into(),
         payload: br#"{"tier":"free"}"#.to_vec(),
+        attachment: None,
     };
     let appended = store
         .append(&stream, ExpectedVersion::NoStream, vec![event])
@@ -184,6 +185,7 @@ async fn bad_requests_are_refused_before_the_network() {
         event_id: Uuid::new_v4(),
         event_type: "account_opened".into(),
         payload: b"{}".to_vec(),
+        attachment: None,
     };
     for stream in ["", "$all", "orders-1", "account-", "account-1\n"] {
         let result = store

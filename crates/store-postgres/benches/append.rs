@@ -199,6 +199,7 @@ async fn store_run(
                 event_id: Uuid::new_v4(),
                 event_type: "credits_charged".to_owned(),
                 payload: payload(writer),
+                attachment: None,
             };
             store
                 .append(

@@ -27,6 +27,7 @@ pub(crate) fn recorded(row: &Row) -> Result<RecordedEvent, tokio_postgres::Error
         event_id: row.try_get(3)?,
         event_type: row.try_get(4)?,
         payload: row.try_get(5)?,
+        attachment: None,
     })
 }
 

@@ -144,6 +144,7 @@ async fn group_commit_run(writers: usize, run_time: Duration) -> BenchResult<(u6
                     event_id: Uuid::new_v4(),
                     event_type: "credits_charged".to_owned(),
                     payload: payload.clone(),
+                    attachment: None,
                 };
                 let outcome = store
                     .append(

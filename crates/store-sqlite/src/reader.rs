@@ -107,6 +107,7 @@ fn recorded(stream: String, row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
         event_id: Uuid::from_bytes(id),
         event_type: row.get(3)?,
         payload: row.get(4)?,
+        attachment: None,
     })
 }
 

@@ -91,6 +91,7 @@ mod tests {
             event_id: Uuid::from_u128(u128::from(position)),
             event_type: "charged".into(),
             payload: vec![b'{', b'}'],
+            attachment: None,
         }
     }
 

@@ -404,6 +404,7 @@ impl Writer<'_> {
                 {
                     recorded.event_type = event.event_type;
                     recorded.payload = event.payload;
+                    recorded.attachment = event.attachment;
                 }
                 self.remember(
                     &request.stream,
@@ -471,6 +472,7 @@ impl Writer<'_> {
                 // Moved in by `apply` once every event of the append is inserted.
                 event_type: String::new(),
                 payload: Vec::new(),
+                attachment: None,
             });
         }
         let appended = &self.committing[start..];

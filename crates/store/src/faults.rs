@@ -178,10 +178,12 @@ impl Faults {
     }
 }
 
-/// Makes the first event's payload garbage.
+/// Makes the first event's payload garbage, as a damaged file would return it: without the
+/// appender's attachment, which only an event straight from this process's writer has.
 fn corrupt(events: &mut [RecordedEvent]) {
     if let Some(first) = events.first_mut() {
         first.payload = GARBAGE.to_vec();
+        first.attachment = None;
     }
 }
 
@@ -321,7 +323,7 @@ impl Subscription for FaultySubscription {
         match self.faults.take_read(Op::SubscriptionNext, Some(&event)) {
             None => Ok(event),
             Some(Fault::Corrupt) => {
-                event.payload = GARBAGE.to_vec();
+                corrupt(std::slice::from_mut(&mut event));
                 Ok(event)
             }
             // The event is lost to this subscription: its reader must resubscribe after the

@@ -556,6 +556,7 @@ fn recorded_history() -> Vec<RecordedEvent> {
                 event_id: event.event_id,
                 event_type: event.event_type,
                 payload: event.payload,
+                attachment: None,
             });
         }
     }

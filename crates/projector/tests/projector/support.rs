@@ -17,7 +17,7 @@ use ledger_domain::usage::Stored;
 use ledger_domain::{decide, Account, Catalog, Instant, Tier};
 use ledger_projector::storage::{read_all_rows, view_path, StoredRow};
 use ledger_projector::{ViewName, Views};
-use ledger_store::{EventStore, ExpectedVersion, NewEvent};
+use ledger_store::{Attachment, EventStore, ExpectedVersion, NewEvent};
 use ledger_store_sqlite::SqliteStore;
 
 pub fn at(text: &str) -> Instant {
@@ -131,6 +131,9 @@ impl Writer {
                 event_id: envelope.event_id,
                 event_type: envelope.event.type_name().to_owned(),
                 payload,
+                // As the command handler does: live views fold the sealed envelope, and the
+                // kill test holds them byte for byte to a rebuild that parses the payloads.
+                attachment: Some(Attachment(Arc::new(envelope.clone()))),
             });
             written.usage.apply(&envelope.event, Stored::of(&envelope));
             if PlanState::changed_by(&envelope.event) {

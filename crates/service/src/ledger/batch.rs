@@ -15,7 +15,7 @@ use ledger_domain::decide::{decide, Decision, Reply};
 use ledger_domain::envelope::{seal, Cause, Envelope};
 use ledger_domain::state::Core;
 use ledger_domain::{Command, Instant, Rejection};
-use ledger_store::{AppendOutcome, ExpectedVersion, NewEvent, StoreError};
+use ledger_store::{AppendOutcome, Attachment, ExpectedVersion, NewEvent, StoreError};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -216,6 +216,9 @@ impl Ledger {
                             event_id: envelope.event_id,
                             event_type: envelope.event.type_name().to_string(),
                             payload,
+                            // The projector's feed in this process folds this instead of
+                            // parsing the payload back.
+                            attachment: Some(Attachment(Arc::new(envelope.clone()))),
                         });
                         cached.last_hash = envelope.hash.clone();
                         cached.account.evolve(&envelope.event);

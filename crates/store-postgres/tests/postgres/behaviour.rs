@@ -132,6 +132,7 @@ async fn payloads_and_types_come_back_byte_for_byte() {
             event_id: Uuid::new_v4(),
             event_type: "tÿpe with spaces\tand tab".to_owned(),
             payload: payload.clone(),
+            attachment: None,
         })
         .collect();
     store

@@ -249,6 +249,7 @@ async fn append_forever(
                     event_type: "crash_tested".to_owned(),
                     payload: format!(r#"{{"writer":{writer},"n":{n},"k":{k},"id":"{event_id}"}}"#)
                         .into_bytes(),
+                    attachment: None,
                 }
             })
             .collect();

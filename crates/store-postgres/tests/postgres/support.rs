@@ -163,6 +163,7 @@ pub fn new_event(tag: &str) -> NewEvent {
         event_id,
         event_type: "test_event".to_owned(),
         payload: format!(r#"{{"tag":"{tag}","event_id":"{event_id}"}}"#).into_bytes(),
+        attachment: None,
     }
 }
 

@@ -166,6 +166,7 @@ async fn append_forever(
                     event_id,
                     event_type: "crash_probed".to_owned(),
                     payload: payload(writer, n, event_id),
+                    attachment: None,
                 }
             })
             .collect();

@@ -36,6 +36,7 @@ pub(super) fn new_event(tag: &str, n: usize) -> NewEvent {
         event_id,
         event_type: EVENT_TYPE.to_owned(),
         payload: format!(r#"{{"tag":"{tag}","n":{n},"event_id":"{event_id}"}}"#).into_bytes(),
+        attachment: None,
     }
 }
 

@@ -132,6 +132,7 @@ impl EventStore for MemoryStore {
                 event_id: new.event_id,
                 event_type: new.event_type,
                 payload: new.payload,
+                attachment: None,
             });
             state
                 .streams
