@@ -5,7 +5,8 @@
 # the server, and splits the instructions its threads executed into stages:
 #   decide, evolve (folding the new events), seal and hash (envelope + SHA-256 chain),
 #   JSON (serde, both ways), store (SQLite and the writer), projectors (their threads),
-#   the alerts outbox projector, and the rest: HTTP (hyper, axum, tokio, allocation, logging).
+#   the alerts outbox projector, the projector's feed (decoding events for the views), and
+#   the rest: HTTP (hyper, axum, tokio, allocation, logging).
 #
 #   benches/profile/run.sh                 # 2,000 charges
 #   CHARGES=5000 benches/profile/run.sh
@@ -155,14 +156,17 @@ STAGES = [
     ("decoding stored envelopes (SlimEnvelope::parse, any caller; overlaps the others)", r"ledger_domain::envelope::SlimEnvelope::parse\b"),
     ("answer JSON: receipt to response", r"ledger_service::api::receipt_response\b"),
     ("alerts outbox projector (a task on the server's runtime)", r"ledger_alerts::"),
+    ("projector feed: events to the view threads (a task on the server's runtime)", r"ledger_projector::feeder::feed\b"),
 ]
 # The server's own work under these (the batch around decide and seal, the answer) is the
-# command path, and the alerts projector runs beside it on the same runtime; what is left of
-# a server thread is HTTP, the runtime and allocation.
+# command path, and the alerts projector and the projector's feed (which decodes events once
+# for every view) run beside it on the same runtime; what is left of a server thread is
+# HTTP, the runtime and allocation.
 COMMAND_PATH = [r"ledger_service::api::extract::parse_json\b",
                 r"ledger_service::ledger::batch::<impl ledger_service::ledger::Ledger>::decide_all\b",
                 r"ledger_service::api::receipt_response\b",
-                r"ledger_alerts::"]
+                r"ledger_alerts::",
+                r"ledger_projector::feeder::feed\b"]
 costs = {name: 0 for name, _ in STAGES}
 server = http_rest = writer = projectors = 0
 for thread, dumps in parts.items():

@@ -227,10 +227,10 @@ impl EventStore for SqliteStore {
         after: Option<GlobalPosition>,
     ) -> Result<Box<dyn Subscription>, StoreError> {
         let head = self.writer.as_ref().map(|writer| writer.head.clone());
-        let recent = self
-            .writer
-            .as_ref()
-            .map(|writer| Arc::clone(&writer.recent));
+        let recent = self.writer.as_ref().map(|writer| {
+            writer.recent.subscribed();
+            Arc::clone(&writer.recent)
+        });
         Ok(Box::new(SqliteSubscription::new(
             Arc::clone(&self.readers),
             head,
@@ -242,5 +242,12 @@ impl EventStore for SqliteStore {
     async fn head_position(&self) -> Result<Option<GlobalPosition>, StoreError> {
         // Asked of the file rather than the writer, so that appends of other processes count.
         self.readers.run(reader::head_position).await
+    }
+
+    fn wants_attachments(&self) -> bool {
+        // Only the writer's window hands attachments on, and only to what subscribed here.
+        self.writer
+            .as_ref()
+            .is_some_and(|writer| writer.recent.has_subscribers())
     }
 }

@@ -11,6 +11,7 @@
 //! the window) sends the subscriber back to the file, which always has it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use ledger_store::{GlobalPosition, RecordedEvent};
@@ -27,6 +28,9 @@ pub(crate) const RECENT_EVENTS_MAX: usize = 2_048;
 pub(crate) struct Recent {
     events: Mutex<VecDeque<RecordedEvent>>,
     capacity: usize,
+    /// Whether anything in this process subscribed: until then the events' attachments
+    /// reach nobody, and appenders need not build them.
+    subscribed: AtomicBool,
 }
 
 impl Recent {
@@ -34,7 +38,17 @@ impl Recent {
         Recent {
             events: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
+            subscribed: AtomicBool::new(false),
         }
+    }
+
+    /// Notes that a subscription of this process reads from the window.
+    pub(crate) fn subscribed(&self) {
+        self.subscribed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     /// Adds the events of one committed transaction, in position order.

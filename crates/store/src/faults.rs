@@ -308,6 +308,10 @@ impl EventStore for FaultyStore {
         }
         self.inner.head_position().await
     }
+
+    fn wants_attachments(&self) -> bool {
+        self.inner.wants_attachments()
+    }
 }
 
 /// A subscription whose `next` fails or returns garbage when a fault is armed for it.

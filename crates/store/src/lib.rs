@@ -238,4 +238,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Position of the newest event (None when the store is empty).
     async fn head_position(&self) -> Result<Option<GlobalPosition>, StoreError>;
+
+    /// Whether an event appended here may reach a subscriber of this process with its
+    /// [`Attachment`]: appenders build one only then. False unless a store hands its own
+    /// subscribers what it commits (the SQLite store, once something subscribed).
+    fn wants_attachments(&self) -> bool {
+        false
+    }
 }

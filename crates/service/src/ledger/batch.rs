@@ -183,6 +183,7 @@ impl Ledger {
     ) -> (Vec<Plan>, Vec<NewEvent>) {
         let mut plans = Vec::with_capacity(pending.len());
         let mut events = Vec::new();
+        let attach = self.store.wants_attachments();
         for pending in pending {
             let plan = match decide(&cached.account, &self.catalog, &pending.command, now) {
                 Err(rejection) => Plan::Refused(rejection),
@@ -218,7 +219,7 @@ impl Ledger {
                             payload,
                             // The projector's feed in this process folds this instead of
                             // parsing the payload back.
-                            attachment: Some(Attachment(Arc::new(envelope.clone()))),
+                            attachment: attach.then(|| Attachment(Arc::new(envelope.clone()))),
                         });
                         cached.last_hash = envelope.hash.clone();
                         cached.account.evolve(&envelope.event);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger_store::{EventStore, ExpectedVersion, StoreError};
+use ledger_store::{Attachment, EventStore, ExpectedVersion, StoreError};
 use ledger_store_sqlite::SqliteStore;
 use tokio::task::JoinSet;
 
@@ -19,6 +19,41 @@ async fn a_new_file_is_an_empty_store() {
     let mut subscription = store.subscribe_all(None).await.unwrap();
     let waited = tokio::time::timeout(Duration::from_millis(100), subscription.next()).await;
     assert!(waited.is_err(), "an empty store delivered {waited:?}");
+    store.close().await.unwrap();
+}
+
+/// An appender's attachment reaches this process's subscribers with the committed event and
+/// is never stored: a read gets the payload alone. Until something subscribes, appenders are
+/// told not to build one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_reach_this_processs_subscribers_and_are_never_stored() {
+    let dir = temp_dir();
+    let store = open(&dir.path().join("attached.db"));
+    assert!(!store.wants_attachments(), "nothing subscribed yet");
+    let mut subscription = store.subscribe_all(None).await.unwrap();
+    assert!(store.wants_attachments());
+    let stream = stream_name();
+    let mut event = new_event("attached");
+    event.attachment = Some(Attachment(Arc::new(String::from("decoded"))));
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event.clone()])
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the event is delivered")
+        .unwrap();
+    assert_eq!(delivered.payload, event.payload);
+    let attached = delivered.attachment.expect("the attachment came along");
+    assert_eq!(
+        attached.0.downcast_ref::<String>().map(String::as_str),
+        Some("decoded")
+    );
+    let read = store.read_stream(&stream, 1, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert!(read[0].attachment.is_none(), "an attachment was stored");
+    let read_only = SqliteStore::open_read_only(&dir.path().join("attached.db")).unwrap();
+    assert!(!read_only.wants_attachments());
     store.close().await.unwrap();
 }
 
