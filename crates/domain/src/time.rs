@@ -43,19 +43,8 @@ fn write_rfc3339<'a>(at: &Instant, text: &'a mut [u8; RFC3339_LEN_MAX]) -> Optio
         _ if nanos.is_multiple_of(1_000) => (nanos / 1_000, 6),
         _ => (nanos, 9),
     };
-    let mut length = 0;
-    // Writes `count` decimal digits of `value`, or the byte itself when `count` is 0.
-    let mut put = |value: u32, count: u32| {
-        if count == 0 {
-            text[length] = value as u8;
-            length += 1;
-        }
-        for place in (0..count).rev() {
-            text[length] = b'0' + (value / 10u32.pow(place) % 10) as u8;
-            length += 1;
-        }
-    };
-    put(year, 4);
+    let mut out = Cursor { text, length: 0 };
+    out.digits(year, 4);
     for (separator, value) in [
         (b'-', at.month()),
         (b'-', at.day()),
@@ -63,31 +52,44 @@ fn write_rfc3339<'a>(at: &Instant, text: &'a mut [u8; RFC3339_LEN_MAX]) -> Optio
         (b':', at.minute()),
         (b':', at.second()),
     ] {
-        put(u32::from(separator), 0);
-        put(value, 2);
+        out.byte(separator);
+        out.digits(value, 2);
     }
     if fraction_digits > 0 {
-        put(u32::from(b'.'), 0);
-        put(fraction, fraction_digits);
+        out.byte(b'.');
+        out.digits(fraction, fraction_digits);
     }
-    put(u32::from(b'Z'), 0);
+    out.byte(b'Z');
+    let Cursor { text, length } = out;
     std::str::from_utf8(&text[..length]).ok()
+}
+
+/// Where [`write_rfc3339`] has got to in its buffer.
+struct Cursor<'a> {
+    text: &'a mut [u8; RFC3339_LEN_MAX],
+    length: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self, byte: u8) {
+        self.text[self.length] = byte;
+        self.length += 1;
+    }
+
+    /// The last `count` decimal digits of `value`, zero-padded.
+    fn digits(&mut self, value: u32, count: u32) {
+        for place in (0..count).rev() {
+            self.byte(b'0' + (value / 10u32.pow(place) % 10) as u8);
+        }
+    }
 }
 
 /// `serialize_with` for instants of hot rows: the bytes chrono's `Serialize` writes, without
 /// its formatter (see [`write_rfc3339`]). Reading them back is chrono's own parser.
 pub mod instant_text {
-    use serde::{Serialize, Serializer};
+    use serde::Serializer;
 
     use super::{write_rfc3339, Instant, RFC3339_LEN_MAX};
-
-    pub fn serialize<S: Serializer>(at: &Instant, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut text = [0u8; RFC3339_LEN_MAX];
-        match write_rfc3339(at, &mut text) {
-            Some(text) => serializer.serialize_str(text),
-            None => at.serialize(serializer),
-        }
-    }
 
     pub fn serialize_option<S: Serializer>(
         at: &Option<Instant>,
@@ -257,7 +259,7 @@ mod tests {
             let chrono_text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
             prop_assert_eq!(rfc3339(&at), chrono_text.clone());
             prop_assert_eq!(
-                serde_json::to_string(&Wrapped(at)).unwrap(),
+                serde_json::to_string(&Wrapped(Some(at))).unwrap(),
                 serde_json::to_string(&at).unwrap()
             );
             prop_assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{chrono_text}\""));
@@ -265,7 +267,7 @@ mod tests {
     }
 
     #[derive(serde::Serialize)]
-    struct Wrapped(#[serde(serialize_with = "instant_text::serialize")] Instant);
+    struct Wrapped(#[serde(serialize_with = "instant_text::serialize_option")] Option<Instant>);
 
     #[test]
     fn instants_chrono_writes_itself_still_come_out_as_chrono_writes_them() {
