@@ -126,6 +126,20 @@ impl SqliteOutbox {
         })
     }
 
+    /// Moves the position waiters see to `position` without writing: every event up to it
+    /// was folded and derived nothing to store (no notification, no watch changed). The
+    /// stored checkpoint stays behind until the next commit, and a restart from it folds
+    /// those events again, to the same nothing.
+    pub fn covered(&self, position: u64) {
+        self.position.send_if_modified(|at| {
+            let moved = at.is_none_or(|at| at < position);
+            if moved {
+                *at = Some(position);
+            }
+            moved
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.connection
             .lock()

@@ -142,3 +142,68 @@ async fn a_late_configured_account_notifies_as_if_watched_from_its_opening_and_o
         .len() as u64;
     assert_eq!(watches["late"].0, late_version);
 }
+
+/// The checkpoint as stored in the outbox file.
+fn stored_checkpoint(path: &std::path::Path) -> Option<u64> {
+    let connection = rusqlite::Connection::open(path).expect("open the outbox");
+    connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'checkpoint'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .ok()
+        .and_then(|value| u64::try_from(value).ok())
+}
+
+/// Events that derive nothing (an account without alerts) move the position that readers
+/// wait for at once, without a commit per pause, and the stored checkpoint follows once the
+/// store has been quiet for a moment, so a restart does not fold them all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_derive_nothing_move_the_position_and_the_stored_checkpoint_follows() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).expect("a store"));
+    let ledger = Ledger::new(
+        store.clone(),
+        Arc::new(Catalog::shipped()),
+        Arc::new(SystemClock),
+    );
+    let path = dir.path().join(ledger_alerts::FILE_NAME);
+    let outbox = Arc::new(SqliteOutbox::open(&path).expect("an outbox"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector = tokio::spawn(ledger_alerts::run(store.clone(), outbox.clone(), async {
+        let _ = stopped.await;
+    }));
+    ledger
+        .execute("quiet", &Command::OpenAccount, "billing")
+        .await
+        .expect("open");
+    for id in 0..20 {
+        ledger
+            .execute("quiet", &charge(id), "executor")
+            .await
+            .expect("charge");
+    }
+    let head = store.head_position().await.expect("head").expect("events");
+    assert!(
+        outbox.wait_for(head, Duration::from_secs(30)).await,
+        "readers see the projector reach the head"
+    );
+    let mut stored = stored_checkpoint(&path);
+    for _ in 0..100 {
+        if stored == Some(head) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stored = stored_checkpoint(&path);
+    }
+    assert_eq!(
+        stored,
+        Some(head),
+        "the stored checkpoint follows while the store is quiet"
+    );
+    assert!(outbox_ids(&path, "quiet").is_empty());
+    stop.send(()).expect("the projector runs");
+    projector.await.expect("joined").expect("no error");
+}
