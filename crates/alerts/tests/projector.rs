@@ -73,14 +73,63 @@ fn outbox_ids(path: &std::path::Path, account_id: &str) -> Vec<String> {
     rows.map(|row| row.expect("a row")).collect()
 }
 
+/// A SQLite store in `dir` and the command handler on it.
+fn ledger_in(dir: &std::path::Path) -> (Arc<dyn EventStore>, Ledger) {
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.join("events.sqlite")).expect("a store"));
+    let ledger = Ledger::new(
+        store.clone(),
+        Arc::new(Catalog::shipped()),
+        Arc::new(SystemClock),
+    );
+    (store, ledger)
+}
+
+/// The alerts projector following `store` into the outbox file in `dir`.
+struct Running {
+    outbox: Arc<SqliteOutbox>,
+    path: std::path::PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    projector: tokio::task::JoinHandle<Result<(), ledger_alerts::AlertsError>>,
+}
+
+impl Running {
+    fn start(store: &Arc<dyn EventStore>, dir: &std::path::Path) -> Running {
+        let path = dir.join(ledger_alerts::FILE_NAME);
+        let outbox = Arc::new(SqliteOutbox::open(&path).expect("an outbox"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let projector = tokio::spawn(ledger_alerts::run(store.clone(), outbox.clone(), async {
+            let _ = stopped.await;
+        }));
+        Running {
+            outbox,
+            path,
+            stop,
+            projector,
+        }
+    }
+
+    /// Waits until readers see the projector at the store's head.
+    async fn reach_head(&self, store: &Arc<dyn EventStore>) -> u64 {
+        let head = store.head_position().await.expect("head").expect("events");
+        assert!(
+            self.outbox.wait_for(head, Duration::from_secs(30)).await,
+            "the projector reaches the head"
+        );
+        head
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).expect("the projector runs");
+        self.projector.await.expect("joined").expect("no error");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_configured_account_notifies_as_if_watched_from_its_opening_and_others_are_not_watched(
 ) {
     let dir = tempfile::tempdir().expect("a directory");
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).expect("a store"));
-    let catalog = Arc::new(Catalog::shipped());
-    let ledger = Ledger::new(store.clone(), catalog, Arc::new(SystemClock));
+    let (store, ledger) = ledger_in(dir.path());
     for account_id in ["late", "quiet"] {
         ledger
             .execute(account_id, &Command::OpenAccount, "billing")
@@ -111,19 +160,10 @@ async fn a_late_configured_account_notifies_as_if_watched_from_its_opening_and_o
             .expect("charge");
     }
 
-    let path = dir.path().join(ledger_alerts::FILE_NAME);
-    let outbox = Arc::new(SqliteOutbox::open(&path).expect("an outbox"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let projector = tokio::spawn(ledger_alerts::run(store.clone(), outbox.clone(), async {
-        let _ = stopped.await;
-    }));
-    let head = store.head_position().await.expect("head").expect("events");
-    assert!(
-        outbox.wait_for(head, Duration::from_secs(30)).await,
-        "the projector reaches the head"
-    );
-    stop.send(()).expect("the projector runs");
-    projector.await.expect("joined").expect("no error");
+    let running = Running::start(&store, dir.path());
+    running.reach_head(&store).await;
+    let (outbox, path) = (running.outbox.clone(), running.path.clone());
+    running.stop().await;
 
     let expected = ids_from_a_full_fold(store.as_ref(), "late").await;
     assert_eq!(
@@ -162,19 +202,8 @@ fn stored_checkpoint(path: &std::path::Path) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_derive_nothing_move_the_position_and_the_stored_checkpoint_follows() {
     let dir = tempfile::tempdir().expect("a directory");
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).expect("a store"));
-    let ledger = Ledger::new(
-        store.clone(),
-        Arc::new(Catalog::shipped()),
-        Arc::new(SystemClock),
-    );
-    let path = dir.path().join(ledger_alerts::FILE_NAME);
-    let outbox = Arc::new(SqliteOutbox::open(&path).expect("an outbox"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let projector = tokio::spawn(ledger_alerts::run(store.clone(), outbox.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (store, ledger) = ledger_in(dir.path());
+    let running = Running::start(&store, dir.path());
     ledger
         .execute("quiet", &Command::OpenAccount, "billing")
         .await
@@ -185,11 +214,8 @@ async fn events_that_derive_nothing_move_the_position_and_the_stored_checkpoint_
             .await
             .expect("charge");
     }
-    let head = store.head_position().await.expect("head").expect("events");
-    assert!(
-        outbox.wait_for(head, Duration::from_secs(30)).await,
-        "readers see the projector reach the head"
-    );
+    let head = running.reach_head(&store).await;
+    let path = running.path.clone();
     let mut stored = stored_checkpoint(&path);
     for _ in 0..100 {
         if stored == Some(head) {
@@ -204,6 +230,5 @@ async fn events_that_derive_nothing_move_the_position_and_the_stored_checkpoint_
         "the stored checkpoint follows while the store is quiet"
     );
     assert!(outbox_ids(&path, "quiet").is_empty());
-    stop.send(()).expect("the projector runs");
-    projector.await.expect("joined").expect("no error");
+    running.stop().await;
 }

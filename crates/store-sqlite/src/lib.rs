@@ -228,7 +228,7 @@ impl EventStore for SqliteStore {
     ) -> Result<Box<dyn Subscription>, StoreError> {
         let head = self.writer.as_ref().map(|writer| writer.head.clone());
         let recent = self.writer.as_ref().map(|writer| {
-            writer.recent.subscribed();
+            writer.recent.note_subscriber();
             Arc::clone(&writer.recent)
         });
         Ok(Box::new(SqliteSubscription::new(

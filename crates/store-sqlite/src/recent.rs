@@ -43,7 +43,7 @@ impl Recent {
     }
 
     /// Notes that a subscription of this process reads from the window.
-    pub(crate) fn subscribed(&self) {
+    pub(crate) fn note_subscriber(&self) {
         self.subscribed.store(true, Ordering::Relaxed);
     }
 
