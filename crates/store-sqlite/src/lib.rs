@@ -13,11 +13,12 @@
 //!   answered through a oneshot only after the COMMIT returned: an acknowledged append is in
 //!   the WAL and synced (`synchronous=FULL`), so it survives `kill -9`. Checkpoints (copying
 //!   the WAL into the file) run on a thread of their own.
-//! - **Layout**: events are keyed by position, with one compact index on
-//!   `(stream id, version)`; stream names are stored once, in a table of streams. A group
-//!   commit writes the events' pages one after the other plus one index leaf per stream it
-//!   touches, about half the pages of a layout keyed by names with an index of event ids
-//!   (see `schema.rs` for the measurements).
+//! - **Layout**: events are keyed by position; stream names are stored once, in a table of
+//!   streams. A group commit writes the events' pages one after the other, and at most a
+//!   slice of the stream index: where each stream's versions are is indexed behind the log.
+//!   The writer keeps the entries of the latest events in memory and moves them into
+//!   `stream_index` once [`INDEX_BATCH`] have gathered (see `index.rs` and `schema.rs` for
+//!   why, and the measurements).
 //! - **Readers** use a small pool of read-only connections on blocking threads. In WAL mode
 //!   they read the last committed snapshot and never wait for the writer.
 //! - **Subscriptions** page through `read_all`, then wait for the writer's head notification
@@ -60,6 +61,7 @@ use ledger_store::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod checkpoint;
+mod index;
 mod reader;
 mod recent;
 mod schema;
@@ -67,9 +69,11 @@ mod subscription;
 mod validate;
 mod writer;
 
+pub use index::{INDEX_BATCH, INDEX_SLICE};
 pub use schema::{APPLICATION_ID, FORMAT_VERSION};
 pub use writer::{MAX_BATCH, QUEUE_CAPACITY};
 
+use index::SharedTail;
 use reader::ReaderPool;
 use recent::Recent;
 use subscription::SqliteSubscription;
@@ -83,6 +87,9 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     /// `None` for a store opened with [`SqliteStore::open_read_only`].
     writer: Option<WriterHandle>,
+    /// The writer's memory of the events after the stream index's mark; `None` when
+    /// read-only (reads then scan the log after the mark).
+    tail: Option<Arc<SharedTail>>,
 }
 
 #[derive(Debug)]
@@ -98,11 +105,29 @@ impl SqliteStore {
     /// Opens the store at `path`, creating the file if needed. Refuses a file that is not a
     /// ledger store or was written by a newer, incompatible format, without changing it.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with_index_batch(path, INDEX_BATCH)
+    }
+
+    /// [`SqliteStore::open`], moving the log's tail into the stream index once
+    /// `index_batch` events have gathered instead of [`INDEX_BATCH`]: for tests that need
+    /// to cross that step often. The file is the same either way.
+    pub fn open_with_index_batch(
+        path: &Path,
+        index_batch: usize,
+    ) -> Result<SqliteStore, StoreError> {
         let connection = schema::open_writer(path)?;
         let readers = Arc::new(ReaderPool::new(path.to_owned()));
         let head = readers.with_connection(reader::head_position)?;
         let recent = Arc::new(Recent::new(recent::RECENT_EVENTS_MAX));
-        let (requests, head, thread) = writer::spawn(connection, path, head, Arc::clone(&recent))?;
+        let tail = Arc::new(SharedTail::default());
+        let (requests, head, thread) = writer::spawn(
+            connection,
+            path,
+            head,
+            Arc::clone(&recent),
+            Arc::clone(&tail),
+            index_batch,
+        )?;
         Ok(SqliteStore {
             path: path.to_owned(),
             readers,
@@ -112,6 +137,7 @@ impl SqliteStore {
                 thread,
                 recent,
             }),
+            tail: Some(tail),
         })
     }
 
@@ -133,6 +159,7 @@ impl SqliteStore {
             path: path.to_owned(),
             readers,
             writer: None,
+            tail: None,
         })
     }
 
@@ -204,8 +231,11 @@ impl EventStore for SqliteStore {
             return Ok(Vec::new());
         }
         let stream = stream.to_owned();
+        let tail = self.tail.clone();
         self.readers
-            .run(move |connection| reader::read_stream(connection, &stream, from_version, limit))
+            .run(move |connection| {
+                reader::read_stream(connection, tail.as_deref(), &stream, from_version, limit)
+            })
             .await
     }
 

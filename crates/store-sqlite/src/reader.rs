@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use ledger_store::{GlobalPosition, RecordedEvent, StoreError, StreamVersion};
-use rusqlite::{Connection, Row};
+use rusqlite::{Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
+use crate::index::{self, SharedTail};
 use crate::schema;
 
 /// Read connections per store, at most. Every read waits for one of these instead of
@@ -113,11 +114,48 @@ fn recorded(stream: String, row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
 
 pub(crate) fn read_stream(
     connection: &Connection,
+    tail: Option<&SharedTail>,
     stream: &str,
     from_version: StreamVersion,
     limit: usize,
 ) -> rusqlite::Result<Vec<RecordedEvent>> {
-    // Through `events_by_stream`, then each event by its position.
+    let format: i32 = connection
+        .prepare_cached("PRAGMA user_version")?
+        .query_row([], |row| row.get(0))?;
+    if format < 3 {
+        return read_stream_format_2(connection, stream, from_version, limit);
+    }
+    // One snapshot for the index, its mark and the events.
+    let snapshot = connection.unchecked_transaction()?;
+    let Some(id) = index::stream_id(&snapshot, stream)? else {
+        return Ok(Vec::new());
+    };
+    let positions = index::stream_positions(&snapshot, tail, id, to_sql(from_version), limit)?;
+    let mut event = snapshot.prepare_cached(
+        "SELECT position, version, event_id, event_type, payload FROM events WHERE position = ?1",
+    )?;
+    let mut events = Vec::with_capacity(positions.len());
+    for (_, position) in positions {
+        // The memory may hold positions committed after this snapshot: they are not read.
+        match event
+            .query_row([position], |row| recorded(stream.to_owned(), row))
+            .optional()?
+        {
+            Some(found) => events.push(found),
+            None => break,
+        }
+    }
+    Ok(events)
+}
+
+/// `read_stream` on a file of format 2, through its index on `(stream_id, version)`: a
+/// read-only store may open a file that no writer of this build has migrated yet.
+fn read_stream_format_2(
+    connection: &Connection,
+    stream: &str,
+    from_version: StreamVersion,
+    limit: usize,
+) -> rusqlite::Result<Vec<RecordedEvent>> {
     let mut statement = connection.prepare_cached(
         "SELECT e.position, e.version, e.event_id, e.event_type, e.payload
          FROM streams s CROSS JOIN events e ON e.stream_id = s.id

@@ -17,10 +17,12 @@ pub const APPLICATION_ID: i32 = 0x4C44_4752;
 /// The store format this build writes, kept in `PRAGMA user_version`. Files of an older
 /// format are migrated when opened for writing; files of a newer one are refused.
 ///
-/// Format 2 keys events by an integer stream id (table `streams`) instead of the stream's
-/// name, and has no index on event ids. Format 1 (a name in every event, ids unique in the
-/// whole file) was never deployed; its files are refused rather than migrated.
-pub const FORMAT_VERSION: i32 = 2;
+/// Format 3 indexes streams behind the log (`stream_index` and its mark, see `index.rs`)
+/// instead of in an index every append writes to. Format 2 keys events by an integer stream
+/// id (table `streams`) instead of the stream's name, and has no index on event ids. Format
+/// 1 (a name in every event, ids unique in the whole file) was never deployed; its files are
+/// refused rather than migrated.
+pub const FORMAT_VERSION: i32 = 3;
 
 /// Who writes the file, recorded in it so that a refusal can say which build wrote it.
 const WRITER: &str = concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"));
@@ -37,23 +39,20 @@ const OLDEST_FORMAT: i32 = 2;
 ///
 /// - `events` is keyed by its position (the rowid), so a group commit's events fill the
 ///   table's last pages one after the other, and `read_all` is a range scan of the table.
-/// - `events_by_stream` on `(stream_id, version)` serves `read_stream`, the head of a stream
-///   the writer has not cached, and the idempotency checks. Its entries are a few bytes of
-///   integers (the stream's name is in `streams`, once), and it is the one structure an
-///   append changes at a place of its own: one leaf per stream in the group.
+///   It is the only table an append writes to (besides `streams`, once per stream).
+/// - `stream_index` maps `(stream_id, version)` to positions, for the events up to the
+///   position in `stream_index_mark`. It serves `read_stream`, the last version of a stream
+///   the writer has not cached, and the idempotency checks. The writer fills it in batches
+///   (see `index.rs`): an index that every append wrote to cost a leaf page per event.
 /// - No index on `event_id`: ids are only compared with the events stored in the slots an
-///   append aims for (see the crate documentation), which `events_by_stream` finds.
-/// - `streams` maps names to ids. It changes only when a stream is created; a stream's last
-///   version is the largest in `events_by_stream` (one lookup), not a column to update on
-///   every append.
+///   append aims for (see the crate documentation).
+/// - `streams` maps names to ids. It changes only when a stream is created.
 ///
 /// Measured with 256 streams of a few hundred events, one ~300-byte event per stream per
-/// commit: about 300 WAL pages per commit (4.9 KB per event), against 610 (9.8 KB) with
-/// format 1's name-keyed unique indexes on `(stream, version)` and `event_id`, and 680
-/// (10.9 KB) with the events themselves clustered `WITHOUT ROWID` on `(stream_id, version)`
-/// plus an index on the position: there every append also dirties a leaf of its stream,
-/// but a leaf holds about ten events, so they split all the time, and `read_all` would
-/// look every event up through the position index.
+/// commit, format 2 (the index written by every append): about 300 WAL pages per commit
+/// (4.9 KB per event), against 610 (9.8 KB) with format 1's name-keyed unique indexes on
+/// `(stream, version)` and `event_id`, and 680 (10.9 KB) with the events themselves clustered
+/// `WITHOUT ROWID` on `(stream_id, version)` plus an index on the position.
 const CREATE_TABLES: &str = "
 CREATE TABLE streams (
     id   INTEGER PRIMARY KEY,
@@ -67,11 +66,34 @@ CREATE TABLE events (
     event_type TEXT    NOT NULL,
     payload    BLOB    NOT NULL
 );
-CREATE UNIQUE INDEX events_by_stream ON events (stream_id, version);
 CREATE TABLE ledger_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// The stream index of format 3, created with a new file or by the migration from format 2.
+const CREATE_STREAM_INDEX: &str = "
+CREATE TABLE stream_index (
+    stream_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+) WITHOUT ROWID;
+CREATE TABLE stream_index_mark (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_through  INTEGER NOT NULL
+);
+";
+
+/// Format 2 to 3: every stored event goes into `stream_index` (read in key order from the
+/// old index), the mark after the last one, and the old index goes.
+const MIGRATE_2_TO_3: &str = "
+INSERT INTO stream_index (stream_id, version, position)
+    SELECT stream_id, version, position FROM events ORDER BY stream_id, version;
+INSERT INTO stream_index_mark (id, indexed_through)
+    SELECT 1, coalesce(max(position), 0) FROM events;
+DROP INDEX events_by_stream;
 ";
 
 /// What a file turned out to hold.
@@ -249,6 +271,15 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         Found::Fresh => {
             transaction.execute_batch(CREATE_TABLES).map_err(failed)?;
             transaction
+                .execute_batch(CREATE_STREAM_INDEX)
+                .map_err(failed)?;
+            transaction
+                .execute(
+                    "INSERT INTO stream_index_mark (id, indexed_through) VALUES (1, 0)",
+                    [],
+                )
+                .map_err(failed)?;
+            transaction
                 .pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(failed)?;
             transaction
@@ -261,7 +292,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
                 )
                 .map_err(failed)?;
         }
-        Found::Ledger { format } => migrate(format, path)?,
+        Found::Ledger { format } => migrate(&transaction, format, path)?,
     }
     transaction
         .execute(
@@ -276,9 +307,21 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Brings a file of an older format up to [`FORMAT_VERSION`], inside the open transaction.
-fn migrate(format: i32, path: &Path) -> Result<(), StoreError> {
+fn migrate(connection: &Connection, format: i32, path: &Path) -> Result<(), StoreError> {
+    let failed = |error| open_error(path, error);
     match format {
         FORMAT_VERSION => Ok(()),
+        2 => {
+            connection
+                .execute_batch(CREATE_STREAM_INDEX)
+                .map_err(failed)?;
+            connection.execute_batch(MIGRATE_2_TO_3).map_err(failed)?;
+            connection
+                .pragma_update(None, "user_version", FORMAT_VERSION)
+                .map_err(failed)?;
+            tracing::info!(path = %path.display(), "migrated the event store from format 2 to 3");
+            Ok(())
+        }
         // Formats before `OLDEST_FORMAT` are refused by `inspect`; a later format adds its
         // migration steps here.
         older => Err(StoreError::Incompatible(format!(

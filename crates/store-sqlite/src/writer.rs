@@ -29,10 +29,11 @@ use ledger_store::{
     AppendOutcome, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, StoreError,
     StreamVersion,
 };
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Statement};
+use rusqlite::{params, Connection, ErrorCode, Statement};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::index::{self, Entry, SharedTail, WriterIndex};
 use crate::recent::Recent;
 
 /// Most appends committed in one transaction. Bounds the latency of the appends at the back
@@ -43,7 +44,7 @@ pub const MAX_BATCH: usize = 1024;
 pub const QUEUE_CAPACITY: usize = 8192;
 
 /// Streams whose id and last version the writer remembers. Past this the cache starts over:
-/// a miss costs two indexed lookups, and the cache must not grow with the number of accounts.
+/// a miss costs two lookups, and the cache must not grow with the number of accounts.
 const STREAM_CACHE_LIMIT: usize = 200_000;
 
 /// One queued append and where to send its answer.
@@ -69,6 +70,8 @@ pub(crate) fn spawn(
     path: &Path,
     head: Option<GlobalPosition>,
     recent: Arc<Recent>,
+    tail: Arc<SharedTail>,
+    index_batch: usize,
 ) -> Result<
     (
         mpsc::Sender<Request>,
@@ -88,6 +91,8 @@ pub(crate) fn spawn(
         .spawn(move || {
             let started = Statements::prepare(&connection).and_then(|mut statements| {
                 let data_version = statements.data_version()?;
+                let mut index = WriterIndex::new(tail, index_batch);
+                index.load(&connection)?;
                 Ok(Writer {
                     connection: &connection,
                     statements,
@@ -97,6 +102,7 @@ pub(crate) fn spawn(
                     head: head_sender,
                     recent,
                     committing: Vec::new(),
+                    index,
                 })
             });
             match started {
@@ -270,6 +276,8 @@ struct Writer<'c> {
     /// The events the open transaction inserted, in position order: for `recent` once it
     /// commits, and the last one's position is the new head.
     committing: Vec<RecordedEvent>,
+    /// Where streams' versions are: the index behind the log and its tail.
+    index: WriterIndex,
 }
 
 impl Writer<'_> {
@@ -330,6 +338,7 @@ impl Writer<'_> {
             }
             // Speculative ids and versions of the failed transaction must go.
             self.streams.clear();
+            self.index.rolled_back();
             tracing::error!(%error, appends = batch.len(), "group commit failed, rolled back");
             let message = format!("the append was not written: {error}");
             answers.clear();
@@ -351,8 +360,9 @@ impl Writer<'_> {
         self.statements.begin.execute([])?;
         let version = self.statements.data_version()?;
         if version != self.data_version {
-            // Another connection wrote: the cached versions may be stale.
+            // Another connection wrote: the cached versions and the tail may be stale.
             self.streams.clear();
+            self.index.load(self.connection)?;
             self.data_version = version;
         }
         // Appends are applied as they arrive, so that waiting for the writers still on
@@ -366,7 +376,9 @@ impl Writer<'_> {
                 break;
             }
         }
+        self.index.before_commit(self.connection)?;
         self.statements.commit.execute([])?;
+        self.index.committed();
         if let Some(head) = self.committing.last().map(|event| event.position) {
             // Before the head moves: a subscriber woken by it finds the events here.
             self.recent.committed(self.committing.drain(..));
@@ -450,6 +462,7 @@ impl Writer<'_> {
             }
         };
         let start = self.committing.len();
+        let index_start = self.index.pending_len();
         for (offset, event) in events.iter().enumerate() {
             let version = base + 1 + offset as u64;
             let inserted = self.statements.insert.execute(params![
@@ -462,12 +475,19 @@ impl Writer<'_> {
             if let Err(error) = inserted {
                 // An insert refused half-way is undone, and so must be its events here.
                 self.committing.truncate(start);
+                self.index.undo_to(index_start);
                 return Err(error.into());
             }
+            let position = self.connection.last_insert_rowid();
+            self.index.inserted(Entry {
+                stream_id: id,
+                version: sql(version),
+                position,
+            });
             self.committing.push(RecordedEvent {
                 stream: name.to_owned(),
                 version,
-                position: unsigned(self.connection.last_insert_rowid()),
+                position: unsigned(position),
                 event_id: event.event_id,
                 // Moved in by `apply` once every event of the append is inserted.
                 event_type: String::new(),
@@ -513,31 +533,33 @@ impl Writer<'_> {
         if base >= stream.version {
             return wrong_version();
         }
-        let mut slots = self.connection.prepare_cached(
-            "SELECT position, event_id, event_type, payload FROM events
-             WHERE stream_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+        let slots = self
+            .index
+            .slots(self.connection, id, sql(base), request.events.len())?;
+        let mut stored = self.connection.prepare_cached(
+            "SELECT event_id, event_type, payload FROM events WHERE position = ?1",
         )?;
-        let mut rows = slots.query(params![id, sql(base), sql(request.events.len() as u64)])?;
-        let mut all_match = true;
+        let mut all_match = slots.len() == request.events.len();
         let mut position = 0;
         let mut first = None;
-        for new in &request.events {
+        for (new, &slot) in request.events.iter().zip(&slots) {
+            let mut rows = stored.query([slot])?;
             let Some(row) = rows.next()? else {
                 all_match = false;
                 break;
             };
-            if row.get_ref(1)?.as_blob()? != new.event_id.as_bytes() {
+            if row.get_ref(0)?.as_blob()? != new.event_id.as_bytes() {
                 all_match = false;
                 continue;
             }
-            if row.get_ref(2)?.as_str()? != new.event_type
-                || row.get_ref(3)?.as_blob()? != new.payload
+            if row.get_ref(1)?.as_str()? != new.event_type
+                || row.get_ref(2)?.as_blob()? != new.payload
             {
                 return Ok(Err(StoreError::EventIdConflict {
                     event_id: new.event_id,
                 }));
             }
-            position = row.get(0)?;
+            position = slot;
             first = first.or(Some(position));
         }
         if !all_match {
@@ -556,18 +578,13 @@ impl Writer<'_> {
         if let Some(&stream) = self.streams.get(name) {
             return Ok(stream);
         }
-        let stored: Option<(i64, Option<i64>)> = self
-            .connection
-            .prepare_cached(
-                "SELECT id, (SELECT max(version) FROM events WHERE stream_id = streams.id)
-                 FROM streams WHERE name = ?1",
-            )?
-            .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let stream = match stored {
-            Some((id, version)) => Stream {
+        let stream = match index::stream_id(self.connection, name)? {
+            Some(id) => Stream {
                 id: Some(id),
-                version: version.map_or(0, unsigned),
+                version: self
+                    .index
+                    .stream_version(self.connection, id)?
+                    .map_or(0, unsigned),
             },
             None => Stream {
                 id: None,

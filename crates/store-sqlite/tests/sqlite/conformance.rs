@@ -1,6 +1,8 @@
 //! The shared conformance suite against SQLite: every check as its own test on a fresh file,
 //! and the whole suite running concurrently with itself on one shared file (several stores,
-//! so several writers, on one file: each sees the others' events as foreign).
+//! so several writers, on one file: each sees the others' events as foreign). Both again
+//! with stores that move the log's tail into the stream index every three events, so that
+//! every check also runs across that step, and across another writer's.
 
 use ledger_store::conformance;
 
@@ -14,6 +16,15 @@ macro_rules! checks {
                 conformance::$check(&SqliteHarness::new()).await;
             }
         )*
+        mod indexing_often {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    conformance::$check(&SqliteHarness::new().indexing_often()).await;
+                }
+            )*
+        }
     };
 }
 
@@ -36,7 +47,15 @@ checks!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_suite_on_one_shared_file() {
-    let harness = SqliteHarness::shared();
+    whole_suite_on(SqliteHarness::shared()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_suite_on_one_shared_file_indexing_often() {
+    whole_suite_on(SqliteHarness::shared().indexing_often()).await;
+}
+
+async fn whole_suite_on(harness: SqliteHarness) {
     tokio::join!(
         conformance::run_all(&harness),
         conformance::subscription_catch_up_and_live(&harness),

@@ -7,5 +7,6 @@ mod conformance;
 mod crash;
 mod follow;
 mod format;
+mod index;
 mod probe;
 mod support;

@@ -56,11 +56,13 @@ pub async fn append_one(store: &SqliteStore, stream: &str, expected: ExpectedVer
 
 /// The conformance harness: each `open` is a store on a new file in the harness's directory,
 /// unless `shared`, in which case every `open` is another store (another writer) on one file.
+/// Its stores move the log's tail into the stream index every `index_batch` events.
 #[derive(Debug)]
 pub struct SqliteHarness {
     dir: TempDir,
     shared: bool,
     files: AtomicUsize,
+    index_batch: usize,
 }
 
 impl SqliteHarness {
@@ -69,6 +71,15 @@ impl SqliteHarness {
             dir: temp_dir(),
             shared: false,
             files: AtomicUsize::new(0),
+            index_batch: ledger_store_sqlite::INDEX_BATCH,
+        }
+    }
+
+    /// Stores that index every few events, so that the suite crosses that step often.
+    pub fn indexing_often(self) -> Self {
+        Self {
+            index_batch: 3,
+            ..self
         }
     }
 
@@ -88,6 +99,13 @@ impl SqliteHarness {
     }
 }
 
+impl SqliteHarness {
+    fn open_at(&self, path: &Path) -> SqliteStore {
+        SqliteStore::open_with_index_batch(path, self.index_batch)
+            .unwrap_or_else(|error| panic!("open {}: {error}", path.display()))
+    }
+}
+
 pub fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path).unwrap_or_else(|error| panic!("open {}: {error}", path.display()))
 }
@@ -97,12 +115,12 @@ impl Harness for SqliteHarness {
     type Store = SqliteStore;
 
     async fn open(&self) -> SqliteStore {
-        open(&self.next_path())
+        self.open_at(&self.next_path())
     }
 
     async fn reopen(&self, store: SqliteStore) -> SqliteStore {
         let path = store.path().to_owned();
         store.close().await.expect("close the store");
-        open(&path)
+        self.open_at(&path)
     }
 }
