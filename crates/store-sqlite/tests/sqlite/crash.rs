@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ledger_store::conformance::crash::{check_after_kill, Ack, Positions, XorShift};
-use ledger_store::RecordedEvent;
+use ledger_store::{EventStore, RecordedEvent};
 use uuid::Uuid;
 
 use crate::follow::KillOnDrop;
@@ -21,6 +21,9 @@ use crate::support::{open, read_everything, temp_dir};
 const KILLS: usize = 24;
 const WRITERS: &str = "32";
 const STREAMS: &str = "12";
+/// The child moves the log's tail into the stream index every this many events, so that
+/// kills also land while a batch is moved.
+const INDEX_BATCH: &str = "40";
 
 #[test]
 fn acknowledged_appends_survive_sigkill() {
@@ -44,6 +47,7 @@ fn acknowledged_appends_survive_sigkill() {
             path.to_str().expect("a UTF-8 path"),
             WRITERS,
             STREAMS,
+            INDEX_BATCH,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,6 +131,19 @@ async fn check_after_restart(
     let context = format!("after kill {kill} (at {delay:?})");
     let store = open(path);
     let all = read_everything(&store).await;
+    // Each stream read by itself (index, then the tail read back from the log) is exactly
+    // its part of the log.
+    let mut by_stream: HashMap<&str, Vec<RecordedEvent>> = HashMap::new();
+    for event in &all {
+        by_stream
+            .entry(event.stream.as_str())
+            .or_default()
+            .push(event.clone());
+    }
+    for (stream, events) in by_stream {
+        let read = store.read_stream(stream, 1, usize::MAX).await.unwrap();
+        assert_eq!(read, events, "{context}: {stream} read by itself");
+    }
     check_after_kill(&context, all, Positions::Increasing, acked, survived);
     store.close().await.expect("close after checking");
 }

@@ -7,9 +7,9 @@
 //!     Follows the file read-only from AFTER (a position, or `start`), printing `ready`, then
 //!     one line per event: event<TAB>position<TAB>stream<TAB>version<TAB>id<TAB>type<TAB>payload
 //!     and exits after COUNT events.
-//! probe hammer PATH WRITERS STREAMS
+//! probe hammer PATH WRITERS STREAMS INDEX_BATCH
 //!     Appends as fast as it can from WRITERS concurrent tasks to STREAMS streams until
-//!     killed, printing after each acknowledged append one line per event:
+//!     killed, moving the log's tail into the stream index every INDEX_BATCH events, printing after each acknowledged append one line per event:
 //!     ack<TAB>stream<TAB>version<TAB>position<TAB>id<TAB>type<TAB>payload
 //!     A line starting with `bug` reports a broken store rule.
 //! ```
@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::follow::line_of;
 
 const USAGE: &str =
-    "usage: probe follow PATH AFTER COUNT\n       probe hammer PATH WRITERS STREAMS";
+    "usage: probe follow PATH AFTER COUNT\n       probe hammer PATH WRITERS STREAMS INDEX_BATCH";
 
 /// The environment variable that carries the probe's arguments, one a line; unset, the
 /// probe test does nothing, so a plain `cargo test -- --ignored` passes it.
@@ -61,7 +61,9 @@ fn probe() {
     let result = runtime.block_on(async {
         match args[..] {
             ["follow", path, after, count] => follow(path, after, count).await,
-            ["hammer", path, writers, streams] => hammer(path, writers, streams).await,
+            ["hammer", path, writers, streams, index_batch] => {
+                hammer(path, writers, streams, index_batch).await
+            }
             _ => Err(USAGE.to_owned()),
         }
     });
@@ -119,13 +121,16 @@ async fn follow(path: &str, after: &str, count: &str) -> Result<(), String> {
         .map_err(|_| "the printer thread panicked".to_owned())
 }
 
-async fn hammer(path: &str, writers: &str, streams: &str) -> Result<(), String> {
+async fn hammer(path: &str, writers: &str, streams: &str, index_batch: &str) -> Result<(), String> {
     let writers: usize = number("WRITERS", writers)?;
     let streams: usize = number("STREAMS", streams)?;
+    let index_batch: usize = number("INDEX_BATCH", index_batch)?;
     if writers == 0 || streams == 0 {
         return Err("WRITERS and STREAMS must be at least 1".to_owned());
     }
-    let store = Arc::new(SqliteStore::open(&PathBuf::from(path)).map_err(|e| e.to_string())?);
+    let store = SqliteStore::open_with_index_batch(&PathBuf::from(path), index_batch)
+        .map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
     let (out, _printing) = printer();
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..writers {
