@@ -278,11 +278,23 @@ impl WriterIndex {
     /// connection may have written (appended, moved entries or the mark).
     pub(crate) fn load(&mut self, connection: &Connection) -> rusqlite::Result<()> {
         let mark = mark(connection)?;
-        let entries = entries_after(connection, mark)?;
-        let through = entries.last().map_or(mark, |entry| entry.position);
-        *self.shared.lock() = Some(Tail::loaded(mark, through, &entries));
-        // A batch under way starts over from what the file says now.
-        self.moving = None;
+        let mut guard = self.shared.lock();
+        match guard.as_mut() {
+            // The mark did not move: what is known stays true, and only the events appended
+            // since are new. A batch under way goes on, so that writers taking turns on one
+            // file do not keep starting it over.
+            Some(tail) if tail.from == mark => {
+                let entries = entries_after(connection, tail.through)?;
+                let through = entries.last().map_or(tail.through, |entry| entry.position);
+                tail.add(&entries, through);
+            }
+            _ => {
+                let entries = entries_after(connection, mark)?;
+                let through = entries.last().map_or(mark, |entry| entry.position);
+                *guard = Some(Tail::loaded(mark, through, &entries));
+                self.moving = None;
+            }
+        }
         Ok(())
     }
 
