@@ -501,7 +501,9 @@ impl Writer<'_> {
     }
 
     /// Answers an append whose insert broke a uniqueness rule although the cache said the
-    /// slots were free: the cache was wrong, so decide on what is stored.
+    /// stream was as expected: the cache was wrong, so decide on what is stored. Since format
+    /// 3 the only such rule is a stream's name (`events` has no unique index: the versions
+    /// the writer checks are the rule).
     fn explain_refusal(
         &mut self,
         request: &Request,
