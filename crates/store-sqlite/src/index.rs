@@ -150,12 +150,14 @@ impl Tail {
     }
 }
 
-/// The tail of one store, shared by its writer (which changes it) and its readers.
+/// The tail of one store, shared by its writer (which changes it) and its readers. Empty
+/// after a mark of 0 until the writer loads it, which it does before the store serves
+/// anyone.
 #[derive(Debug, Default)]
-pub(crate) struct SharedTail(Mutex<Option<Tail>>);
+pub(crate) struct SharedTail(Mutex<Tail>);
 
 impl SharedTail {
-    fn lock(&self) -> MutexGuard<'_, Option<Tail>> {
+    fn lock(&self) -> MutexGuard<'_, Tail> {
         // Changes are single assignments and pushes: a panicking holder leaves it usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -211,11 +213,7 @@ pub(crate) fn stream_positions(
         .last()
         .map_or(from_version, |&(version, _)| version + 1);
     let mark = mark(connection)?;
-    let remembered = tail.and_then(|tail| {
-        tail.lock()
-            .as_ref()
-            .and_then(|tail| tail.after(stream_id, mark, from_version))
-    });
+    let remembered = tail.and_then(|tail| tail.lock().after(stream_id, mark, from_version));
     let scan_after = match remembered {
         Some((known, through)) => {
             found.extend(known);
@@ -278,22 +276,19 @@ impl WriterIndex {
     /// connection may have written (appended, moved entries or the mark).
     pub(crate) fn load(&mut self, connection: &Connection) -> rusqlite::Result<()> {
         let mark = mark(connection)?;
-        let mut guard = self.shared.lock();
-        match guard.as_mut() {
+        let mut tail = self.shared.lock();
+        if tail.from == mark {
             // The mark did not move: what is known stays true, and only the events appended
             // since are new. A batch under way goes on, so that writers taking turns on one
             // file do not keep starting it over.
-            Some(tail) if tail.from == mark => {
-                let entries = entries_after(connection, tail.through)?;
-                let through = entries.last().map_or(tail.through, |entry| entry.position);
-                tail.add(&entries, through);
-            }
-            _ => {
-                let entries = entries_after(connection, mark)?;
-                let through = entries.last().map_or(mark, |entry| entry.position);
-                *guard = Some(Tail::loaded(mark, through, &entries));
-                self.moving = None;
-            }
+            let entries = entries_after(connection, tail.through)?;
+            let through = entries.last().map_or(tail.through, |entry| entry.position);
+            tail.add(&entries, through);
+        } else {
+            let entries = entries_after(connection, mark)?;
+            let through = entries.last().map_or(mark, |entry| entry.position);
+            *tail = Tail::loaded(mark, through, &entries);
+            self.moving = None;
         }
         Ok(())
     }
@@ -326,12 +321,7 @@ impl WriterIndex {
             .rev()
             .find(|entry| entry.stream_id == stream_id)
             .map(|entry| entry.version)
-            .or_else(|| {
-                self.shared
-                    .lock()
-                    .as_ref()
-                    .and_then(|tail| tail.last_version(stream_id))
-            });
+            .or_else(|| self.shared.lock().last_version(stream_id));
         if in_tail.is_some() {
             return Ok(in_tail);
         }
@@ -395,8 +385,7 @@ impl WriterIndex {
 
     /// A batch of every committed entry of the tail, once there are enough of them.
     fn start_move(&self) -> Option<Move> {
-        let guard = self.shared.lock();
-        let tail = guard.as_ref()?;
+        let tail = self.shared.lock();
         if tail.len < self.batch {
             return None;
         }
@@ -419,19 +408,18 @@ impl WriterIndex {
     /// After the open transaction committed: its entries join the shared tail, and the
     /// batch under way advances; once it is all moved, its entries leave the tail.
     pub(crate) fn committed(&mut self) {
-        let mut guard = self.shared.lock();
-        if let Some(tail) = guard.as_mut() {
-            if let Some(through) = self.pending.last().map(|entry| entry.position) {
-                tail.add(&self.pending, through);
-            }
-            if let Some(moving) = &mut self.moving {
-                moving.done += self.moving_now;
-                if moving.done == moving.entries.len() {
-                    tail.moved_to_index(moving.mark);
-                    self.moving = None;
-                }
+        let mut tail = self.shared.lock();
+        if let Some(through) = self.pending.last().map(|entry| entry.position) {
+            tail.add(&self.pending, through);
+        }
+        if let Some(moving) = &mut self.moving {
+            moving.done += self.moving_now;
+            if moving.done == moving.entries.len() {
+                tail.moved_to_index(moving.mark);
+                self.moving = None;
             }
         }
+        drop(tail);
         self.pending.clear();
         self.moving_now = 0;
     }

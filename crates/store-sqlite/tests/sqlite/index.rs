@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ledger_store::{AppendOutcome, EventStore, ExpectedVersion, NewEvent, StoreError};
+use ledger_store::{EventStore, ExpectedVersion, NewEvent, StoreError};
 use ledger_store_sqlite::{SqliteStore, APPLICATION_ID, FORMAT_VERSION};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -191,14 +191,13 @@ async fn a_format_2_file_is_read_as_it_is_and_migrated_when_opened_for_writing()
 }
 
 /// Appends `count` one-event appends round-robin over `streams`, each at its stream's
-/// version; returns the outcomes.
+/// version.
 async fn append_round_robin(
     store: &SqliteStore,
     streams: &[&str],
     versions: &mut [u64],
     count: usize,
-) -> Vec<AppendOutcome> {
-    let mut outcomes = Vec::new();
+) {
     for n in 0..count {
         let which = n % streams.len();
         let outcome = store
@@ -214,9 +213,7 @@ async fn append_round_robin(
             .await
             .unwrap();
         versions[which] = outcome.last_version;
-        outcomes.push(outcome);
     }
-    outcomes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
