@@ -239,7 +239,12 @@ async fn ledger_run(tasks: usize, accounts: usize, run_time: Duration) -> BenchR
                     quantity: Quantity::default(),
                     via: Via::App,
                 });
-                if ledger.execute(&account, &charge, "executor").await.is_ok() {
+                // Owned, as the HTTP handlers pass theirs: no copy of the command's strings.
+                if ledger
+                    .execute_owned(&account, charge, "executor")
+                    .await
+                    .is_ok()
+                {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
