@@ -2,6 +2,7 @@
 //! command answer and `min_position` on reads, and the support console's embedded files.
 
 mod alerts;
+mod answer;
 mod console;
 pub mod dto;
 pub mod error;
@@ -358,8 +359,16 @@ async fn admission(
 /// Renders a receipt-shaped reply: the receipt's fields as the domain names them, plus
 /// `position`.
 fn receipt_response(outcome: &Outcome, created: bool) -> Response {
+    let status = if created {
+        created_or_replayed(outcome)
+    } else {
+        StatusCode::OK
+    };
     let receipt = match &outcome.reply {
-        Reply::Charged(receipt) => serde_json::to_value(receipt),
+        Reply::Charged(receipt) => {
+            let answer = answer::ChargeAnswer::new(receipt, outcome.position);
+            return (status, Json(answer)).into_response();
+        }
         Reply::HoldPlaced(receipt) => serde_json::to_value(receipt),
         Reply::HoldResolved(receipt) => serde_json::to_value(receipt),
         Reply::Refunded(receipt) => serde_json::to_value(receipt),
@@ -370,11 +379,6 @@ fn receipt_response(outcome: &Outcome, created: bool) -> Response {
     };
     // Receipts are plain data: serialising them cannot fail.
     let body = with_position(receipt.unwrap_or_else(|_| json!({})), outcome.position);
-    let status = if created {
-        created_or_replayed(outcome)
-    } else {
-        StatusCode::OK
-    };
     (status, Json(body)).into_response()
 }
 
