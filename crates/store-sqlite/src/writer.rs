@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -143,23 +143,12 @@ const WAIT_FOR_HALF_FROM: usize = 64;
 const MIN_GATHER_WINDOW: Duration = Duration::from_micros(50);
 const MAX_GATHER_WINDOW: Duration = Duration::from_millis(2);
 
-/// Wakes the writer thread when an append is queued while it waits in [`Intake::take_more`].
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
+/// Longest nap while gathering: the appends that arrive meanwhile are taken in together.
+const GATHER_NAP: Duration = Duration::from_micros(150);
 
 /// The appends a group commit takes in while its transaction is open.
 struct Intake<'a> {
     queue: &'a mut mpsc::Receiver<Request>,
-    waker: &'a Waker,
     /// How many appends the commit should carry: it waits for more only while short of this.
     expected: usize,
     /// How long it may wait for them.
@@ -168,9 +157,11 @@ struct Intake<'a> {
 
 impl Intake<'_> {
     /// Adds appends that have arrived to `batch`; when none has and the batch is short of
-    /// the expected size, waits for one until the deadline. False when nothing was added.
+    /// the expected size, naps (at most [`GATHER_NAP`]) and looks again, until the deadline.
+    /// False when nothing was added.
     fn take_more(&mut self, batch: &mut Vec<Request>) -> bool {
-        let mut context = Context::from_waker(self.waker);
+        // Polled between naps, never woken: see below.
+        let mut context = Context::from_waker(Waker::noop());
         while batch.len() < MAX_BATCH {
             match self
                 .queue
@@ -182,8 +173,10 @@ impl Intake<'_> {
                     if batch.len() >= self.expected || now >= self.deadline {
                         return false;
                     }
-                    // Woken early by the waker when an append arrives.
-                    std::thread::park_timeout(self.deadline - now);
+                    // Naps rather than parks: woken by every append that arrived, the
+                    // writer took them in one at a time, a context switch for it and a
+                    // wake-up call for the appender each (issue 18).
+                    std::thread::sleep((self.deadline - now).min(GATHER_NAP));
                 }
             }
         }
@@ -284,14 +277,12 @@ impl Writer<'_> {
     fn run(mut self, mut queue: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut answers = Vec::with_capacity(MAX_BATCH);
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         let mut expected = 1;
         let mut window = MIN_GATHER_WINDOW;
         while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
             let started = Instant::now();
             let mut intake = Intake {
                 queue: &mut queue,
-                waker: &waker,
                 expected,
                 deadline: started + window,
             };
