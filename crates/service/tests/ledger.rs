@@ -317,3 +317,52 @@ async fn regression_a_lost_append_answer_made_the_next_command_reload_the_whole_
     );
     assert_eq!(cached, replayed(&store).await);
 }
+
+/// Issue 18: a hot account's driver took its next batch the moment it had answered the last
+/// one, before those callers could queue again. The account's callers then split into two
+/// cohorts, and every durable commit carried half of them.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_hot_accounts_callers_split_into_half_size_batches() {
+    const CALLERS: usize = 32;
+    const ROUNDS: usize = 10;
+
+    // Given 32 callers that each charge one account 10 times, one charge after another
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("events.sqlite")).unwrap());
+    let ledger = ledger_with_account(&store).await;
+
+    // When they all run at once
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let charge = chat(caller * ROUNDS + round);
+                    ledger.execute("acct", &charge, "executor").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+
+    // Then every charge is written, in about one batch per round: a batch's events share
+    // the instant it was decided at
+    let mut batches = std::collections::BTreeSet::new();
+    let mut charges = 0;
+    for recorded in store.read_stream("account-acct", 2, 10_000).await.unwrap() {
+        let raw = ledger_domain::envelope::RawEnvelope::parse(&recorded.payload).unwrap();
+        if raw.type_name == "credits_charged" {
+            charges += 1;
+            batches.insert(raw.occurred_at.clone());
+        }
+    }
+    assert_eq!(charges, CALLERS * ROUNDS);
+    assert!(
+        batches.len() <= ROUNDS + 3,
+        "{} batches for {ROUNDS} rounds of {CALLERS} callers",
+        batches.len()
+    );
+}

@@ -122,6 +122,34 @@ fn next_batch(slot: &Slot) -> Vec<batch::Pending> {
     queue.drain(..count).collect()
 }
 
+/// From this many commands in its last batch on, a driver waits a moment for their callers
+/// to queue again before it takes the next batch (see [`gather`]). Below it the account is
+/// not hot: its callers have other accounts to go to, and waiting for them would be waste.
+const GATHER_FROM: usize = 8;
+/// The longest such wait.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The next batch, once at least half of the `answered` callers of the last one queued
+/// again (or [`GATHER_WINDOW`] passed). A driver that took its batch at once found there
+/// only the callers that queued while the last one was written: a hot account's callers
+/// then split into two cohorts, each batch half of them, and every durable commit (and its
+/// sync) served half as many commands. Half, as in the store's group commit: the last
+/// callers come back over a long tail. Measured, 64 tasks on one account: batches of 34 on
+/// average without this wait, 57 with it (63 waiting for all, no faster).
+async fn gather(slot: &Slot, answered: usize) -> Vec<batch::Pending> {
+    if answered >= GATHER_FROM {
+        let queued = lock(&slot.queue).len();
+        let deadline = std::time::Instant::now() + GATHER_WINDOW;
+        // Yielding lets the answered callers run on this worker, and anything else too.
+        while lock(&slot.queue).len() < queued + answered.div_ceil(2)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+    next_batch(slot)
+}
+
 /// Locks a std mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -372,13 +400,15 @@ impl Ledger {
         tokio::spawn(async move {
             let mut pending = first;
             loop {
+                let mut answered = 0;
                 loop {
                     if pending.is_empty() {
-                        pending = next_batch(&slot);
+                        pending = gather(&slot, answered).await;
                     }
                     if pending.is_empty() {
                         break;
                     }
+                    answered = pending.len();
                     ledger
                         .run_batch(&mut guard, std::mem::take(&mut pending))
                         .await;
