@@ -6,12 +6,15 @@
 //! refund of the payment finds its lot by the provider's id.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::num::NonZeroU64;
 
 use crate::command::Command;
 use crate::events::*;
 use crate::state::{Hold, HoldResolution};
+
+mod spilled;
+
+use spilled::{SpillEntry, Spilled};
 
 /// A map keyed by caller-chosen ids. foldhash is several times faster than SipHash on short
 /// keys and still seeds each map at random, so callers cannot aim collisions at it.
@@ -113,29 +116,8 @@ pub struct RestoreError {
     pub message: String,
 }
 
-/// Spilled records by a 64-bit fingerprint of their kind and id, in one vector sorted by
-/// fingerprint: 24 bytes each instead of a kilobyte for a whole charge. A hash map took
-/// twice that once its slack was counted, and doubled at once as it grew. The fingerprint
-/// is seeded at random per account, so callers cannot aim collisions at it, and a record
-/// whose fingerprint is taken stays whole: a fingerprint names at most one spilled record,
-/// and a command whose id shares it restores that record and then finds its own id absent,
-/// as it is.
-#[derive(Debug, Clone, Default)]
-struct Spilled {
-    seed: foldhash::quality::RandomState,
-    entries: Vec<SpillEntry>,
-}
-
-/// One spilled record: its fingerprint, and the versions of its events (0: none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct SpillEntry {
-    fingerprint: u64,
-    first_version: u64,
-    last_version: u64,
-}
-
-/// The records one call of [`Records::spill`] spills, merged into the sorted vector at the
-/// end so that spilling costs one pass over it.
+/// The records one call of [`Records::spill`] spills, taken in together at the end
+/// ([`Spilled::merge`]).
 struct SpillBatch<'a> {
     spilled: &'a Spilled,
     entries: Vec<SpillEntry>,
@@ -146,7 +128,7 @@ impl SpillBatch<'_> {
     /// Spills a record unless its fingerprint is taken; true when it did.
     fn insert(&mut self, kind: RecordKind, id: &str, versions: (u64, Option<u64>)) -> bool {
         let fingerprint = self.spilled.fingerprint(kind, id);
-        if self.spilled.position(fingerprint).is_ok() || !self.taken.insert(fingerprint) {
+        if self.spilled.get(fingerprint).is_some() || !self.taken.insert(fingerprint) {
             return false;
         }
         self.entries.push(SpillEntry {
@@ -157,75 +139,6 @@ impl SpillBatch<'_> {
         true
     }
 }
-
-impl Spilled {
-    fn fingerprint(&self, kind: RecordKind, id: &str) -> u64 {
-        self.seed.hash_one((kind, id))
-    }
-
-    fn position(&self, fingerprint: u64) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by_key(&fingerprint, |entry| entry.fingerprint)
-    }
-
-    /// The spilled record `id` may be, if any.
-    fn find(&self, kind: RecordKind, id: &str) -> Option<SpillRef> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let fingerprint = self.fingerprint(kind, id);
-        let entry = self.entries[self.position(fingerprint).ok()?];
-        Some(SpillRef {
-            fingerprint,
-            spill: Spill {
-                kind,
-                first_version: entry.first_version,
-                last_version: NonZeroU64::new(entry.last_version),
-            },
-        })
-    }
-
-    /// Merges a batch's records in, keeping the vector sorted and no larger than it must be.
-    fn merge(&mut self, mut batch: Vec<SpillEntry>) {
-        if batch.is_empty() {
-            return;
-        }
-        batch.sort_unstable();
-        let old = std::mem::take(&mut self.entries);
-        let mut merged = Vec::with_capacity(old.len() + batch.len());
-        let (mut old, mut batch) = (old.into_iter().peekable(), batch.into_iter().peekable());
-        loop {
-            let next = match (old.peek(), batch.peek()) {
-                (Some(a), Some(b)) if a.fingerprint <= b.fingerprint => old.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => batch.next(),
-                (Some(_), None) => old.next(),
-                (None, None) => break,
-            };
-            merged.extend(next);
-        }
-        self.entries = merged;
-    }
-
-    /// The versions of the spilled records, in an order that does not depend on the seed.
-    fn sorted(&self) -> Vec<(u64, u64)> {
-        let mut versions: Vec<(u64, u64)> = self
-            .entries
-            .iter()
-            .map(|entry| (entry.first_version, entry.last_version))
-            .collect();
-        versions.sort_unstable();
-        versions
-    }
-}
-
-/// Two accounts folded from the same events remember the same records whatever their seeds.
-impl PartialEq for Spilled {
-    fn eq(&self, other: &Spilled) -> bool {
-        self.entries.len() == other.entries.len() && self.sorted() == other.sorted()
-    }
-}
-
-impl Eq for Spilled {}
 
 impl Records {
     /// Records of the kinds that spill kept whole.
@@ -242,7 +155,7 @@ impl Records {
 
     /// Records spilled.
     pub fn spilled_len(&self) -> usize {
-        self.spilled.entries.len()
+        self.spilled.len()
     }
 
     /// Spills the oldest records once more than twice `keep` are whole, leaving the `keep`
@@ -418,9 +331,7 @@ impl Records {
             }
             _ => return Err(fail("the events are not of the record's kind")),
         }
-        if let Ok(index) = self.spilled.position(spilled.fingerprint) {
-            self.spilled.entries.remove(index);
-        }
+        self.spilled.remove(spilled.fingerprint);
         Ok(())
     }
 
@@ -479,8 +390,8 @@ impl Records {
                 version,
             }));
         } else if let Some(spilled) = self.spilled.find(RecordKind::Charge, &data.charge_id) {
-            if let Ok(index) = self.spilled.position(spilled.fingerprint) {
-                self.spilled.entries[index].last_version = version;
+            if let Some(entry) = self.spilled.get_mut(spilled.fingerprint) {
+                entry.last_version = version;
             }
         }
     }
