@@ -389,8 +389,11 @@ impl Records {
                 event: data,
                 version,
             }));
-        } else if let Some(spilled) = self.spilled.find(RecordKind::Charge, &data.charge_id) {
-            if let Some(entry) = self.spilled.get_mut(spilled.fingerprint) {
+        } else {
+            let fingerprint = self
+                .spilled
+                .fingerprint(RecordKind::Charge, &data.charge_id);
+            if let Some(entry) = self.spilled.get_mut(fingerprint) {
                 entry.last_version = version;
             }
         }

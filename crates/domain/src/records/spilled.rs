@@ -81,7 +81,7 @@ impl Spilled {
 
     /// The spilled record `id` may be, if any.
     pub(super) fn find(&self, kind: RecordKind, id: &str) -> Option<SpillRef> {
-        if self.main.is_empty() && self.fresh.is_empty() {
+        if self.len() == 0 {
             return None;
         }
         let fingerprint = self.fingerprint(kind, id);
